@@ -1,0 +1,304 @@
+"""Request bodies -> float64 feature rows. One function per media type, one table.
+
+Each decoder takes the raw body, its parsed media type and the feature count the model
+expects, and returns a (rows, features) array or raises DecodeError with a one-line
+message saying what was wrong and where ("row 3, column 2: 'abc' is not a number").
+
+Large bodies take a fast path (pyarrow's CSV reader, and a structural check that lets
+JSON numbers reach the same reader); when the fast path refuses a body, the exact,
+slower path runs and produces the message. Both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from kmeans.content_types import CSV, JSON, JSONLINES, NPY, MediaType
+
+_SMALL_BODY = 4096  # below this, Python's own parsing beats pyarrow's set-up cost
+
+
+class DecodeError(ValueError):
+    """A request body that cannot be read: HTTP 400."""
+
+
+class UnsupportedMediaType(ValueError):
+    """A Content-Type with no decoder: HTTP 415."""
+
+
+def _width_error(expected: int, got: int, where: str) -> DecodeError:
+    return DecodeError(f"expected {expected} features, got {got} in {where}")
+
+
+def _number(cell: Any, where: str) -> float:
+    if isinstance(cell, bool) or not isinstance(cell, int | float | str | bytes):
+        raise DecodeError(f"{where}: {cell!r} is not a number")
+    if isinstance(cell, int | float):
+        return float(cell)
+    text = cell.decode() if isinstance(cell, bytes) else cell
+    if not text.strip():
+        raise DecodeError(f"{where}: empty cell, expected a number")
+    try:
+        return float(text)
+    except ValueError:
+        raise DecodeError(f"{where}: {text!r} is not a number") from None
+
+
+# --- text/csv ------------------------------------------------------------------------
+
+
+def _csv_lines(body: bytes, media: MediaType) -> tuple[bytes, int]:
+    """The body as UTF-8 without BOM or declared header, and its first data line number."""
+    charset = media.params.get("charset", "utf-8")
+    if charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
+        try:
+            body = body.decode(charset).encode()
+        except (LookupError, UnicodeDecodeError) as error:
+            raise DecodeError(f"body cannot be decoded as {charset}: {error}") from None
+    body = body.removeprefix(b"\xef\xbb\xbf")
+    if media.params.get("header") == "present":
+        _, _, body = body.partition(b"\n")
+        return body, 2
+    return body, 1
+
+
+def _label_size(media: MediaType) -> int:
+    raw = media.params.get("label_size", "0")
+    if not raw.isdigit():
+        raise DecodeError(f"label_size must be an integer ≥ 0, got {raw!r}")
+    return int(raw)
+
+
+def _csv_exact(body: bytes, first_line: int, labels: int, features: int) -> np.ndarray:
+    rows = []
+    text = io.StringIO(body.decode("utf-8", "replace"))
+    for line, cells in enumerate(csv.reader(text), start=first_line):
+        if not cells or cells == [""]:
+            continue
+        cells = cells[labels:]
+        if len(cells) != features:
+            raise _width_error(features, len(cells), f"row {line}")
+        rows.append(
+            [_number(c, f"row {line}, column {i + labels}") for i, c in enumerate(cells, 1)]
+        )
+    return np.array(rows, dtype=np.float64).reshape(len(rows), features)
+
+
+def _csv_fast(body: bytes, labels: int, features: int) -> np.ndarray | None:
+    first = body.lstrip(b"\r\n").split(b"\n", 1)[0]
+    columns = first.count(b",") + 1
+    if columns - labels != features:
+        return None
+    names = [f"c{i}" for i in range(columns)]
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
+            parse_options=pacsv.ParseOptions(quote_char=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.float64()),
+                include_columns=names[labels:],
+                strings_can_be_null=False,
+                null_values=[],
+            ),
+        )
+    except pa.ArrowInvalid:
+        return None
+    rows = np.empty((table.num_rows, features), np.float64)
+    for index, column in enumerate(table.columns):
+        rows[:, index] = column.to_numpy()
+    return rows
+
+
+def decode_csv(body: bytes, media: MediaType, features: int) -> np.ndarray:
+    body, first_line = _csv_lines(body, media)
+    labels = _label_size(media)
+    if len(body) >= _SMALL_BODY:
+        rows = _csv_fast(body, labels, features)
+        if rows is not None:
+            return rows
+    return _csv_exact(body, first_line, labels, features)
+
+
+# --- application/json and application/jsonlines --------------------------------------
+
+_NUMBER_BYTES = b"0123456789.-+eE"
+_SPACE = b" \t\r\n"
+_ROW = rb"(\[,*\]|\{F:\[,*\]\})"
+# Skeletons of the dense forms, with numbers and white space deleted and the two keys
+# shortened to I and F. The back-reference makes every row the same shape.
+_DENSE_FORMS = [
+    re.compile(rb"\{I:\[" + _ROW + rb"(?:,\1)*\]\}"),
+    re.compile(rb"\[" + _ROW + rb"(?:,\1)*\]"),
+    re.compile(rb"\{F:\[,*\]\}"),
+]
+_TO_LINES = bytes.maketrans(b"[]{}:, \t\r", b"\n" * 9)
+
+
+def _json_fast(body: bytes, features: int) -> np.ndarray | None:
+    """Dense bodies whose numbers can go straight to the CSV reader; None if unsure."""
+    keyed = body.replace(b'"instances"', b"I").replace(b'"features"', b"F")
+    skeleton = keyed.translate(None, _NUMBER_BYTES + _SPACE)
+    match = next(filter(None, (form.fullmatch(skeleton) for form in _DENSE_FORMS)), None)
+    if match is None:
+        return None
+    row = match.group(1) if match.re.groups else skeleton
+    if row.count(b",") + 1 != features:
+        return None
+    numbers = keyed.replace(b"I", b"").replace(b"F", b"").translate(_TO_LINES)
+    try:
+        column = pacsv.read_csv(
+            io.BytesIO(numbers),
+            read_options=pacsv.ReadOptions(column_names=["x"], use_threads=False),
+            convert_options=pacsv.ConvertOptions(column_types={"x": pa.float64()}, null_values=[]),
+        ).column(0)
+    except pa.ArrowInvalid:
+        return None
+    if len(column) % features:
+        return None
+    return column.to_numpy().reshape(-1, features)
+
+
+def _row(record: Any, features: int, where: str) -> list[float]:
+    if isinstance(record, dict):
+        if "features" in record:
+            record = record["features"]
+        elif isinstance(record.get("data"), dict) and isinstance(
+            record["data"].get("features"), dict
+        ):
+            record = _sparse(record["data"]["features"], features, where)
+        else:
+            raise DecodeError(
+                f"{where}: expected a list of numbers or an object with 'features', "
+                f"got keys {sorted(record)}"
+            )
+    if not isinstance(record, list):
+        raise DecodeError(f"{where}: expected a list of numbers, got {type(record).__name__}")
+    if len(record) != features:
+        raise _width_error(features, len(record), where)
+    return [_number(value, f"{where}, feature {i}") for i, value in enumerate(record, 1)]
+
+
+def _sparse(tensor: dict, features: int, where: str) -> list[float]:
+    """The built-in algorithm's {"values": [...], "keys": [...], "shape": [n]} form."""
+    values = tensor.get("values")
+    keys = tensor.get("keys")
+    if keys is None:
+        return values
+    if not isinstance(values, list) or not isinstance(keys, list) or len(keys) != len(values):
+        raise DecodeError(f"{where}: sparse features need 'keys' and 'values' of equal length")
+    dense = [0.0] * features
+    for key, value in zip(keys, values, strict=True):
+        if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < features:
+            raise DecodeError(f"{where}: sparse key {key!r} is outside 0..{features - 1}")
+        dense[key] = value
+    return dense
+
+
+def _records(document: Any) -> tuple[list[Any], str]:
+    if isinstance(document, dict) and "instances" in document:
+        if not isinstance(document["instances"], list):
+            raise DecodeError("'instances' must be a list of records")
+        return document["instances"], "instance"
+    if isinstance(document, dict):
+        return [document], "instance"
+    if isinstance(document, list) and document and not isinstance(document[0], list | dict):
+        return [document], "instance"  # one bare record
+    if isinstance(document, list):
+        return document, "instance"
+    raise DecodeError(
+        'expected {"instances": [...]}, {"features": [...]} or a list of records, '
+        f"got {type(document).__name__}"
+    )
+
+
+def decode_json(body: bytes, media: MediaType, features: int) -> np.ndarray:
+    if len(body) >= _SMALL_BODY:
+        rows = _json_fast(body, features)
+        if rows is not None:
+            return rows
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise DecodeError(f"body is not valid JSON: {error}") from None
+    records, noun = _records(document)
+    rows = [_row(record, features, f"{noun} {i}") for i, record in enumerate(records, 1)]
+    return np.array(rows, dtype=np.float64).reshape(len(rows), features)
+
+
+def decode_jsonlines(body: bytes, media: MediaType, features: int) -> np.ndarray:
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if len(body) >= _SMALL_BODY:
+        rows = _json_fast(b"[" + b",".join(lines) + b"]", features)
+        if rows is not None:
+            return rows
+    rows = []
+    for number, line in enumerate(body.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise DecodeError(f"line {number} is not valid JSON: {error}") from None
+        rows.append(_row(record, features, f"line {number}"))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), features)
+
+
+# --- application/x-npy ---------------------------------------------------------------
+
+
+def decode_npy(body: bytes, media: MediaType, features: int) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise DecodeError(f"body is not a .npy array: {error}") from None
+    if array.dtype.kind not in "iuf":
+        raise DecodeError(f"the .npy array holds {array.dtype}, expected numbers")
+    if array.ndim == 1:
+        array = array.reshape(1, -1)
+    if array.ndim != 2:
+        raise DecodeError(f"the .npy array has {array.ndim} dimensions, expected 1 or 2")
+    if array.shape[1] != features:
+        raise _width_error(features, array.shape[1], "every row")
+    return array.astype(np.float64, copy=False)
+
+
+DECODERS: dict[str, Callable[[bytes, MediaType, int], np.ndarray]] = {
+    CSV: decode_csv,
+    JSON: decode_json,
+    JSONLINES: decode_jsonlines,
+    NPY: decode_npy,
+}
+
+
+def decode(body: bytes, content_type: str, features: int) -> np.ndarray:
+    """Rows of features from a request body; raises DecodeError or UnsupportedMediaType."""
+    media = MediaType.parse(content_type or CSV)
+    decoder = DECODERS.get(media.essence)
+    if decoder is None:
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type!r} is not supported; use one of {', '.join(DECODERS)}"
+        )
+    if not body.strip():
+        raise DecodeError("empty request body: send one or more records")
+    rows = decoder(body, media, features)
+    if len(rows) == 0:
+        raise DecodeError("the body holds no records")
+    finite = np.isfinite(rows)
+    if not finite.all():
+        row, column = np.argwhere(~finite)[0]
+        count = int((~finite).any(axis=1).sum())
+        raise DecodeError(
+            f"{count} rows hold NaN or infinite values; first at row {row + 1}, "
+            f"column {column + 1}: {rows[row, column]}"
+        )
+    return rows

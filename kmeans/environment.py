@@ -1,0 +1,117 @@
+"""Every path and setting the container reads, in one read-only snapshot.
+
+SageMaker mounts everything under /opt/ml; SAGEMAKER_BASE_DIR moves that root so the
+same entrypoints run from a checkout, in tests and in the image. Nothing else in the
+package reads os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNTIME_DIR_VARIABLE = "SAGE_KMEANS_RUNTIME_DIR"
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value the container cannot use."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The /opt/ml tree (or its stand-in under SAGEMAKER_BASE_DIR)."""
+
+    base: Path
+
+    @property
+    def config(self) -> Path:
+        return self.base / "input" / "config"
+
+    @property
+    def hyperparameters(self) -> Path:
+        return self.config / "hyperparameters.json"
+
+    @property
+    def input_data_config(self) -> Path:
+        return self.config / "inputdataconfig.json"
+
+    @property
+    def resource_config(self) -> Path:
+        return self.config / "resourceconfig.json"
+
+    @property
+    def data(self) -> Path:
+        return self.base / "input" / "data"
+
+    @property
+    def model(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def output(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def output_data(self) -> Path:
+        return self.output / "data"
+
+    @property
+    def failure(self) -> Path:
+        return self.output / "failure"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.base / "checkpoints"
+
+
+def _int(env: dict[str, str], names: tuple[str, ...], default: int, minimum: int) -> int:
+    for name in names:
+        raw = env.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingError(f"{name} must be an integer ≥ {minimum}, got {raw!r}") from None
+        if value < minimum:
+            raise SettingError(f"{name} must be an integer ≥ {minimum}, got {raw!r}")
+        return value
+    return default
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Settings from the environment, each with its default beside it."""
+
+    paths: Paths
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    timeout: int = 60
+    max_payload_mb: int = 6
+    default_accept: str = ""
+    batch: bool = False
+    training_job_name: str = ""
+    runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
+
+    @classmethod
+    def read(cls, env: dict[str, str] | None = None) -> Environment:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            paths=Paths(Path(env.get("SAGEMAKER_BASE_DIR") or "/opt/ml").resolve()),
+            host=env.get("SAGEMAKER_BIND_TO_HOST") or "0.0.0.0",
+            port=_int(env, ("SAGEMAKER_BIND_TO_PORT",), 8080, 1),
+            workers=_int(
+                env,
+                ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
+                os.cpu_count() or 1,
+                1,
+            ),
+            timeout=_int(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60, 1),
+            max_payload_mb=_int(env, ("SAGEMAKER_MAX_PAYLOAD_IN_MB",), 6, 1),
+            default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip(),
+            batch=env.get("SAGEMAKER_BATCH", "").strip().lower() == "true",
+            training_job_name=env.get("TRAINING_JOB_NAME", ""),
+            runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
+        )

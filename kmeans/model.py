@@ -1,0 +1,181 @@
+"""The model: fit a K-Means, save it atomically, load it, and assign records to clusters.
+
+This module knows neither HTTP nor /opt/ml: it takes arrays and folders. The folder holds
+`model.joblib` (the scikit-learn estimator, loadable with plain joblib.load) and
+`model.json` (k, feature count, hyperparameters, library versions, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.base import BaseEstimator
+from sklearn.cluster import KMeans
+from sklearn.exceptions import InconsistentVersionWarning
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from kmeans.hyperparameters import Hyperparameters
+
+MODEL_FILE = "model.joblib"
+METADATA_FILE = "model.json"
+
+
+class ModelError(RuntimeError):
+    """A model folder that cannot be served."""
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "joblib": joblib.__version__,
+    }
+
+
+def build(hp: Hyperparameters) -> BaseEstimator:
+    """The estimator the hyperparameters describe (unfitted)."""
+    kmeans = KMeans(
+        n_clusters=hp.k,
+        init=hp.init,
+        n_init=hp.n_init,
+        max_iter=hp.max_iter,
+        tol=hp.tol,
+        random_state=hp.seed,
+        algorithm=hp.algorithm,
+        copy_x=False,  # the training matrix is ours: no second copy of it
+    )
+    if hp.standardize:
+        return Pipeline([("scale", StandardScaler(copy=False)), ("kmeans", kmeans)])
+    return kmeans
+
+
+def fit(hp: Hyperparameters, features: np.ndarray) -> BaseEstimator:
+    """Fit on float32 rows; keep float64 centres so that plain `predict` works on the
+    float64 arrays people load (scikit-learn's predict wants one dtype for both)."""
+    estimator = build(hp).fit(features)
+    kmeans = kmeans_step(estimator)
+    kmeans.cluster_centers_ = kmeans.cluster_centers_.astype(np.float64)
+    return estimator
+
+
+def kmeans_step(estimator: BaseEstimator) -> KMeans:
+    return estimator[-1] if isinstance(estimator, Pipeline) else estimator
+
+
+def assign(estimator: BaseEstimator, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closest cluster and Euclidean distance to its centre, one pair per row."""
+    distances = estimator.transform(features)
+    labels = distances.argmin(axis=1)
+    return labels, distances[np.arange(len(labels)), labels]
+
+
+def squared_distance_sum(estimator: BaseEstimator, features: np.ndarray) -> float:
+    """Sum of squared distances to the closest centre, in bounded memory."""
+    total = 0.0
+    step = 1 << 18
+    for start in range(0, len(features), step):
+        _, distances = assign(estimator, features[start : start + step])
+        total += float(np.dot(distances.astype(np.float64), distances))
+    return total
+
+
+def _write_atomically(folder: Path, name: str, write: Callable[[Path], None]) -> Path:
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; serve may run as another user
+        return Path(temporary)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def save(folder: Path, estimator: BaseEstimator, metadata: dict[str, Any]) -> None:
+    """Write both files under temporary names, then rename: never a half model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = {**metadata, "versions": versions()}
+    temporary = [
+        (
+            _write_atomically(
+                folder, MODEL_FILE, lambda path: joblib.dump(estimator, path, protocol=5)
+            ),
+            MODEL_FILE,
+        ),
+        (
+            _write_atomically(
+                folder,
+                METADATA_FILE,
+                lambda path: path.write_text(json.dumps(metadata, indent=2) + "\n"),
+            ),
+            METADATA_FILE,
+        ),
+    ]
+    for path, name in temporary:
+        os.replace(path, folder / name)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    estimator: BaseEstimator
+    metadata: dict[str, Any]
+    feature_dim: int
+    warnings: tuple[str, ...]
+
+
+def load(folder: Path) -> LoadedModel:
+    """Load and check a model folder; every failure is one line naming the file."""
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else ""
+        raise ModelError(
+            f"model file {path} not found"
+            + (f" (the folder holds: {found})" if found else " (the folder is empty or missing)")
+        )
+    notes = []
+    metadata: dict[str, Any] = {}
+    meta_path = folder / METADATA_FILE
+    if meta_path.is_file():
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except ValueError as error:
+            notes.append(f"{meta_path} is not valid JSON ({error}); ignored")
+    trained_with = metadata.get("versions", {}).get("scikit-learn")
+    if trained_with and trained_with != sklearn.__version__:
+        notes.append(
+            f"model saved with scikit-learn {trained_with}, loaded with {sklearn.__version__}: "
+            "retrain or pin the same version if predictions look wrong"
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        try:
+            estimator = joblib.load(path)
+        except Exception as error:  # unpickling raises anything at all
+            raise ModelError(f"model file {path} cannot be loaded: {error!r}") from None
+    for warning in caught:
+        if isinstance(warning.message, InconsistentVersionWarning) and not trained_with:
+            message = warning.message
+            notes.append(
+                f"model saved with scikit-learn {message.original_sklearn_version}, "
+                f"loaded with {message.current_sklearn_version}"
+            )
+    try:
+        feature_dim = int(kmeans_step(estimator).cluster_centers_.shape[1])
+    except (AttributeError, IndexError, TypeError):
+        raise ModelError(
+            f"model file {path} holds a {type(estimator).__name__}, not a fitted KMeans"
+        ) from None
+    return LoadedModel(estimator, metadata, feature_dim, tuple(notes))

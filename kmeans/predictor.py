@@ -1,0 +1,105 @@
+"""The Flask app behind gunicorn: /ping, /invocations and /execution-parameters.
+
+Built by create_app() from an already loaded model and the environment snapshot, so
+tests build as many as they like and gunicorn loads the model once, before forking.
+Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from kmeans import decoders, encoders, model
+from kmeans.content_types import MediaType
+from kmeans.environment import Environment
+
+log = logging.getLogger("kmeans.serve")
+
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(
+        b'{"error":' + _json_string(message) + b"}", status, content_type="application/json"
+    )
+
+
+def _json_string(text: str) -> bytes:
+    return orjson.dumps(" ".join(text.split()))
+
+
+def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = env.max_payload_mb << 20
+    default_accept = MediaType.parse(env.default_accept).essence if env.default_accept else ""
+    execution_parameters = {
+        "MaxConcurrentTransforms": env.workers,
+        "BatchStrategy": "MULTI_RECORD",
+        "MaxPayloadInMB": env.max_payload_mb,
+    }
+
+    @app.get("/ping")
+    def ping() -> Response:
+        return Response(b"", 200, content_type="text/plain")
+
+    @app.get("/execution-parameters")
+    def parameters() -> dict[str, object]:
+        return execution_parameters
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        started = time.perf_counter()
+        content_type = request.headers.get("Content-Type", "text/csv")
+        request_type = MediaType.parse(content_type).essence
+        accept = encoders.choose(request.headers.get("Accept", ""), request_type, default_accept)
+        body = request.get_data(cache=False)
+        rows = decoders.decode(body, content_type, loaded.feature_dim)
+        labels, distances = model.assign(loaded.estimator, rows)
+        answer = encoders.ENCODERS[accept](labels, distances)
+        response = Response(answer, 200, content_type=accept)
+        attributes = request.headers.get(CUSTOM_ATTRIBUTES)
+        if attributes is not None:
+            response.headers[CUSTOM_ATTRIBUTES] = attributes
+        log.info(
+            "invocation: %d records, %d bytes %s -> %d bytes %s in %.1f ms",
+            len(rows),
+            len(body),
+            request_type,
+            len(answer),
+            accept,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+    @app.errorhandler(decoders.DecodeError)
+    def bad_body(error: Exception) -> Response:
+        log.info("invocation refused (400): %s", error)
+        return _error(400, str(error))
+
+    @app.errorhandler(decoders.UnsupportedMediaType)
+    def bad_type(error: Exception) -> Response:
+        log.info("invocation refused (415): %s", error)
+        return _error(415, str(error))
+
+    @app.errorhandler(encoders.NotAcceptable)
+    def bad_accept(error: Exception) -> Response:
+        log.info("invocation refused (406): %s", error)
+        return _error(406, str(error))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        if error.code == 413:
+            return _error(413, f"request body too large: the limit is {env.max_payload_mb} MB")
+        return _error(error.code or 500, f"{error.name}: {request.method} {request.path}")
+
+    @app.errorhandler(Exception)
+    def internal_error(error: Exception) -> Response:
+        log.exception("invocation failed")
+        return _error(500, f"internal error: {type(error).__name__}: {error}")
+
+    return app

@@ -1,0 +1,38 @@
+"""gunicorn's entry point, `kmeans.wsgi:app`.
+
+gunicorn preloads this module in its master process (preload_app), so the model is read
+once, before any worker exists, and the forked workers share it copy-on-write. A model
+that cannot be loaded stops the server here with one line naming the file.
+"""
+
+import logging
+import sys
+
+from kmeans import model
+from kmeans.environment import Environment
+from kmeans.predictor import create_app
+
+EXIT_NO_MODEL = 3
+
+logging.basicConfig(
+    level=logging.INFO,
+    format="%(asctime)s [%(process)d] %(levelname)s %(message)s",
+    stream=sys.stdout,
+)
+log = logging.getLogger("kmeans.serve")
+
+environment = Environment.read()
+try:
+    loaded = model.load(environment.paths.model)
+except model.ModelError as error:
+    print(f"serve: cannot start: {error}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_NO_MODEL)
+for warning in loaded.warnings:
+    log.warning("%s", warning)
+log.info(
+    "model loaded: %s, k=%s, %d features",
+    type(loaded.estimator).__name__,
+    loaded.metadata.get("k", "?"),
+    loaded.feature_dim,
+)
+app = create_app(loaded, environment)
