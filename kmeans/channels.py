@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import math
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,10 @@ _FORMATS = {
     "application/parquet": PARQUET,
     "application/vnd.apache.parquet": PARQUET,
 }
-_BLOCK_BYTES = 16 << 20
+# pyarrow reads ahead several blocks: big blocks parse fastest, small ones bound memory.
+LOAD_BLOCK_BYTES = 16 << 20
+STREAM_BLOCK_BYTES = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DataError(ValueError):
@@ -106,8 +110,8 @@ def data_files(channel: Channel) -> list[Path]:
     """Every data file in the channel's folder tree, skipping hidden and empty files."""
     if channel.mode not in ("File", "FastFile"):
         raise DataError(
-            f"channel {channel.name!r} uses TrainingInputMode {channel.mode!r}; "
-            "this container reads File and FastFile channels"
+            f"channel {channel.name!r}: TrainingInputMode {channel.mode!r} is not one of "
+            "'File', 'FastFile', 'Pipe'"
         )
     if not channel.folder.is_dir():
         raise DataError(f"channel {channel.name!r}: folder {channel.folder} does not exist")
@@ -123,6 +127,15 @@ def data_files(channel: Channel) -> list[Path]:
     return files
 
 
+@dataclass(frozen=True)
+class Block:
+    """Rows read from one source, and the line of the source the first one came from."""
+
+    source: str
+    first_line: int
+    rows: np.ndarray
+
+
 @dataclass
 class Matrix:
     """Rows of float32 features, filled block by block, growing in place."""
@@ -130,7 +143,7 @@ class Matrix:
     columns: int | None = None
     rows: int = 0
     data: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
-    origins: list[tuple[int, Path, int]] = field(default_factory=list)
+    origins: list[tuple[int, str, int]] = field(default_factory=list)
 
     def append(self, block: np.ndarray) -> None:
         needed = self.rows + len(block)
@@ -149,15 +162,15 @@ class Matrix:
 
     def where(self, row: int) -> str:
         """File and line of a row of the matrix."""
-        for start, path, first_line in reversed(self.origins):
+        for start, source, first_line in reversed(self.origins):
             if row >= start:
-                return f"{path.name} line {first_line + row - start}"
+                return f"{source} line {first_line + row - start}"
         return f"row {row + 1}"
 
 
 def _is_gzip(path: Path) -> bool:
     with path.open("rb") as probe:
-        return probe.read(2) == b"\x1f\x8b"
+        return probe.read(2) == GZIP_MAGIC
 
 
 def _open(path: Path) -> io.BufferedIOBase:
@@ -172,20 +185,20 @@ def _is_numeric(cells: list[str]) -> bool:
     return True
 
 
-def _csv_layout(path: Path, channel: Channel) -> tuple[int, bool]:
-    """Column count and whether the first line is a header."""
-    with _open(path) as stream:
-        lines = [stream.readline().decode("utf-8", "replace") for _ in range(2)]
-    rows = list(csv.reader(line for line in lines if line.strip()))
+def _layout(lines: list[bytes], channel: Channel, source: str) -> tuple[int, bool]:
+    """Column count and whether the first line is a header, from a source's first lines."""
+    rows = list(csv.reader(line.decode("utf-8", "replace") for line in lines if line.strip()))
     if not rows:
-        raise DataError(f"{path.name}: no records")
+        raise DataError(f"{source}: no records")
     header = channel.header == "present" or (
         channel.header is None
         and not _is_numeric(rows[0])
         and (len(rows) == 1 or _is_numeric(rows[1]))
     )
     if header and channel.header is None:
-        log.info("%s: first line is not numeric, read as a header: %s", path.name, lines[0].strip())
+        log.info("%s: first line is not numeric, read as a header: %s", source, lines[0].strip())
+    if len(rows[0]) <= channel.label_size:
+        raise DataError(f"{source}: label_size={channel.label_size} leaves no feature columns")
     return len(rows[0]), header
 
 
@@ -210,50 +223,98 @@ def _diagnose(path: Path, header: bool, columns: int) -> str:
     return f"{path.name}: could not be read as CSV"
 
 
-def _csv_blocks(path: Path, channel: Channel) -> Iterator[tuple[int, np.ndarray]]:
-    columns, header = _csv_layout(path, channel)
+def _csv_reader(source: object, columns: int, header: bool, channel: Channel, block_bytes: int):
     names = [f"c{i}" for i in range(columns)]
-    kept = names[channel.label_size :]
-    if not kept:
-        raise DataError(f"{path.name}: label_size={channel.label_size} leaves no feature columns")
+    return pacsv.open_csv(
+        source,
+        read_options=pacsv.ReadOptions(
+            column_names=names, skip_rows=int(header), block_size=block_bytes
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.float32()),
+            include_columns=names[channel.label_size :],
+        ),
+    )
+
+
+def _csv_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[Block]:
+    with _open(path) as stream:
+        columns, header = _layout([stream.readline(), stream.readline()], channel, path.name)
     compression = "gzip" if _is_gzip(path) else None
     try:
-        reader = pacsv.open_csv(
-            pa.input_stream(str(path), compression=compression),
-            read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=int(header), block_size=_BLOCK_BYTES
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.float32() for name in names},
-                include_columns=kept,
-            ),
-        )
+        source = pa.input_stream(str(path), compression=compression)
+        reader = _csv_reader(source, columns, header, channel, block_bytes)
         first_line = 1 + int(header)
         for batch in reader:
-            yield first_line, _to_rows(batch)
+            yield Block(path.name, first_line, _to_rows(batch))
             first_line += batch.num_rows
     except (pa.ArrowInvalid, UnicodeDecodeError):
         raise DataError(_diagnose(path, header, columns)) from None
 
 
-def _parquet_blocks(path: Path, channel: Channel) -> Iterator[tuple[int, np.ndarray]]:
+class _Prefixed(io.RawIOBase):
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, prefix: bytes, stream: io.BufferedIOBase) -> None:
+        self.prefix, self.stream = prefix, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.prefix:
+            size = min(len(buffer), len(self.prefix))
+            buffer[:size], self.prefix = self.prefix[:size], self.prefix[size:]
+            return size
+        return self.stream.readinto(buffer)
+
+
+def _pipe_blocks(
+    channel: Channel, epoch: int, wait_seconds: float, block_bytes: int
+) -> Iterator[Block]:
+    """One pass of a Pipe-mode channel: the FIFO <channel>_<epoch>, read to its end."""
+    fifo = channel.folder.parent / f"{channel.name}_{epoch}"
+    deadline = time.monotonic() + wait_seconds
+    while not fifo.exists():
+        if time.monotonic() > deadline:
+            raise DataError(
+                f"Pipe mode: {fifo.name} did not appear within {wait_seconds:g} s; "
+                f"the job asked for more passes (epochs) than the channel delivered"
+            )
+        time.sleep(0.05)
+    if channel.content_type is not None and _format(fifo, channel) == PARQUET:
+        raise DataError(f"channel {channel.name!r}: Parquet cannot stream in Pipe mode; use CSV")
+    with fifo.open("rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
+        first = [stream.readline(), stream.readline()]
+        columns, header = _layout(first, channel, fifo.name)
+        source = _Prefixed(b"".join(first), stream)
+        reader = _csv_reader(source, columns, header, channel, block_bytes)
+        first_line = 1 + int(header)
+        try:
+            for batch in reader:
+                yield Block(fifo.name, first_line, _to_rows(batch))
+                first_line += batch.num_rows
+        except pa.ArrowInvalid as error:
+            raise DataError(f"{fifo.name} near line {first_line}: {error}") from None
+
+
+def _parquet_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[Block]:
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as error:
         raise DataError(f"{path.name}: not a readable Parquet file ({error})") from None
     kept = parquet.schema_arrow.names[channel.label_size :]
-    for field_ in parquet.schema_arrow:
-        if (
-            field_.name in kept
-            and not pa.types.is_floating(field_.type)
-            and not (pa.types.is_integer(field_.type))
-        ):
+    for column in parquet.schema_arrow:
+        numeric = pa.types.is_floating(column.type) or pa.types.is_integer(column.type)
+        if column.name in kept and not numeric:
             raise DataError(
-                f"{path.name}: column {field_.name!r} has type {field_.type}, expected numbers"
+                f"{path.name}: column {column.name!r} has type {column.type}, expected numbers"
             )
     first_line = 1
-    for batch in parquet.iter_batches(batch_size=65536, columns=kept):
-        yield first_line, _to_rows(batch)
+    batch_rows = max(1024, block_bytes // (4 * max(1, len(kept))))
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=kept):
+        yield Block(path.name, first_line, _to_rows(batch))
         first_line += batch.num_rows
 
 
@@ -278,50 +339,87 @@ def _format(path: Path, channel: Channel) -> str:
         return PARQUET if probe.read(4) == b"PAR1" else CSV
 
 
+def _file_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[Block]:
+    reader = _parquet_blocks if _format(path, channel) == PARQUET else _csv_blocks
+    return reader(path, channel, block_bytes)
+
+
+def blocks(
+    channel: Channel,
+    epoch: int = 0,
+    pipe_wait_seconds: float = 60.0,
+    block_bytes: int = STREAM_BLOCK_BYTES,
+) -> Iterator[Block]:
+    """One pass over a channel, as float32 blocks of rows with where they came from."""
+    if channel.mode == "Pipe":
+        name = f"{channel.name}_{epoch}"
+        sources = [(name, lambda: _pipe_blocks(channel, epoch, pipe_wait_seconds, block_bytes))]
+    else:
+        sources = [
+            (path.name, lambda path=path: _file_blocks(path, channel, block_bytes))
+            for path in data_files(channel)
+        ]
+    columns = None
+    for name, source in sources:
+        try:
+            for block in source():
+                columns = columns or block.rows.shape[1]
+                if block.rows.shape[1] != columns:
+                    raise DataError(
+                        f"{block.source}: {block.rows.shape[1]} feature columns, but earlier "
+                        f"records have {columns}"
+                    )
+                yield block
+        except (OSError, EOFError, zlib.error, pa.ArrowException) as error:
+            detail = getattr(error, "strerror", None) or str(error)
+            raise DataError(f"{name}: cannot be read ({detail})") from None
+
+
 def load(channel: Channel) -> np.ndarray:
     """All records of a channel as one C-contiguous float32 array."""
     matrix = Matrix()
-    for path in data_files(channel):
-        try:
-            blocks = _parquet_blocks if _format(path, channel) == PARQUET else _csv_blocks
-            for first_line, block in blocks(path, channel):
-                if matrix.columns is None:
-                    matrix.columns = block.shape[1]
-                if block.shape[1] != matrix.columns:
-                    raise DataError(
-                        f"{path.name}: {block.shape[1]} feature columns, but earlier files "
-                        f"have {matrix.columns}"
-                    )
-                matrix.origins.append((matrix.rows, path, first_line))
-                matrix.append(block)
-        except (OSError, EOFError, zlib.error, pa.ArrowException) as error:
-            detail = getattr(error, "strerror", None) or str(error)
-            raise DataError(f"{path.name}: cannot be read ({detail})") from None
+    for block in blocks(channel, block_bytes=LOAD_BLOCK_BYTES):
+        matrix.origins.append((matrix.rows, block.source, block.first_line))
+        matrix.columns = block.rows.shape[1]
+        matrix.append(block.rows)
     data = matrix.finish()
     if data.shape[0] == 0:
         raise DataError(f"channel {channel.name!r} has files but no records")
-    _check_finite(data, matrix)
+    step = max(1, (8 << 20) // max(1, data.shape[1]))
+    bad_rows, first = 0, None
+    for start in range(0, len(data), step):
+        found = non_finite(data[start : start + step])
+        if found:
+            bad_rows += found[0]
+            first = first or (start + found[1], found[2], found[3])
+    if first:
+        row, column, value = first
+        raise DataError(_non_finite_message(bad_rows, matrix.where(row), column, value))
     return data
 
 
-def _check_finite(data: np.ndarray, matrix: Matrix) -> None:
-    """Fail on NaN, inf or missing cells, saying how many and where the first one is."""
-    bad_rows = 0
-    first = None
-    step = max(1, (8 << 20) // max(1, data.shape[1]))
-    for start in range(0, len(data), step):
-        finite = np.isfinite(data[start : start + step]).all(axis=1)
-        if not finite.all():
-            rows = np.flatnonzero(~finite)
-            bad_rows += len(rows)
-            if first is None:
-                row = start + int(rows[0])
-                column = int(np.flatnonzero(~np.isfinite(data[row]))[0])
-                first = (row, column, data[row, column])
-    if first is not None:
-        row, column, value = first
-        kind = "missing or NaN" if math.isnan(value) else str(value)
-        raise DataError(
-            f"{bad_rows} rows hold missing, NaN or infinite values; first at "
-            f"{matrix.where(row)}, feature column {column + 1} ({kind})"
-        )
+def non_finite(rows: np.ndarray) -> tuple[int, int, int, float] | None:
+    """(rows holding NaN or inf, first such row, its first such column, the value)."""
+    finite = np.isfinite(rows).all(axis=1)
+    if finite.all():
+        return None
+    bad = np.flatnonzero(~finite)
+    column = int(np.flatnonzero(~np.isfinite(rows[bad[0]]))[0])
+    return len(bad), int(bad[0]), column, float(rows[bad[0], column])
+
+
+def _non_finite_message(count: int, where: str, column: int, value: float) -> str:
+    kind = "missing or NaN" if math.isnan(value) else str(value)
+    return (
+        f"{count} rows hold missing, NaN or infinite values; first at {where}, "
+        f"feature column {column + 1} ({kind})"
+    )
+
+
+def check_block(block: Block) -> None:
+    """The streaming reader's check: a block of rows must be finite."""
+    found = non_finite(block.rows)
+    if found:
+        count, row, column, value = found
+        where = f"{block.source} line {block.first_line + row}"
+        raise DataError(_non_finite_message(count, where, column, value))

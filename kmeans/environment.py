@@ -80,6 +80,19 @@ def _int(env: dict[str, str], names: tuple[str, ...], default: int, minimum: int
     return default
 
 
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise SettingError(f"{name} must be a number of seconds ≥ 0, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Environment:
     """Settings from the environment, each with its default beside it."""
@@ -93,6 +106,8 @@ class Environment:
     default_accept: str = ""
     batch: bool = False
     training_job_name: str = ""
+    pipe_wait_seconds: float = 60.0  # how long to wait for the next Pipe-mode FIFO
+    checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
     runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
 
     @classmethod
@@ -113,5 +128,7 @@ class Environment:
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip(),
             batch=env.get("SAGEMAKER_BATCH", "").strip().lower() == "true",
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
+            pipe_wait_seconds=_seconds(env, "SAGE_KMEANS_PIPE_WAIT_SECONDS", 60.0),
+            checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import signal
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kmeans import channels, hyperparameters, model
+from kmeans import channels, hyperparameters, model, streaming
 from kmeans.environment import Environment, Paths, SettingError
 
 log = logging.getLogger("kmeans.train")
@@ -25,12 +26,25 @@ log = logging.getLogger("kmeans.train")
 EXIT_INPUT_ERROR, EXIT_INTERNAL_ERROR, EXIT_STOPPED = 1, 2, 143
 
 
+STOPPED = "training stopped by SIGTERM (StopTrainingJob or spot interruption)"
+
+
 class Stopped(Exception):
     """SIGTERM from SageMaker (StopTrainingJob or a spot interruption)."""
 
 
-def _stop(signum: int, frame: Any) -> None:
-    raise Stopped("training stopped by SIGTERM (StopTrainingJob or spot interruption)")
+class _StopRequest:
+    requested = False
+    deferred = False  # in mini-batch mode the loop checks `requested` between chunks
+
+
+_STOP = _StopRequest()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _STOP.requested = True
+    if not _STOP.deferred:
+        raise Stopped(STOPPED)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -44,6 +58,18 @@ def _read_json(path: Path, what: str) -> Any:
         ) from None
 
 
+def peak_rss_mb() -> float:
+    """This program's peak resident memory. VmHWM, unlike ru_maxrss, does not count what
+    the process that started us held before the exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def current_host(paths: Paths) -> str:
     if paths.resource_config.is_file():
         try:
@@ -53,28 +79,11 @@ def current_host(paths: Paths) -> str:
     return "algo-1"
 
 
-def _metrics(
-    estimator: Any, data: np.ndarray, names: tuple[str, ...], inertia: float | None = None
-) -> dict[str, float]:
-    ssd = model.squared_distance_sum(estimator, data) if inertia is None else inertia
-    values = {"msd": ssd / len(data), "ssd": ssd}
-    return {name: values[name] for name in names}
-
-
-def run(paths: Paths) -> dict[str, Any]:
-    """Train once; return the summary written to output/data/summary.json."""
+def _full_batch(hp: hyperparameters.Hyperparameters, train: channels.Channel) -> dict[str, Any]:
+    """Load the whole channel into one float32 array and fit KMeans on it."""
     started = time.perf_counter()
-    hp = hyperparameters.parse(_read_json(paths.hyperparameters, "hyperparameters"))
-    log.info("hyperparameters: %s", json.dumps(hp.as_dict()))
-    for note in hp.notes:
-        log.info("%s", note)
-    host = current_host(paths)
-
-    found = channels.read_channels(paths.input_data_config, paths.data)
-    train = channels.training_channel(found)
-    load_started = time.perf_counter()
     data = channels.load(train)
-    load_seconds = time.perf_counter() - load_started
+    load_seconds = time.perf_counter() - started
     rows, features = data.shape
     log.info(
         "loaded %d rows x %d features from channel %r in %.2f s (%.0f rows/s)",
@@ -91,54 +100,107 @@ def run(paths: Paths) -> dict[str, Any]:
         )
     if rows < hp.k:
         raise channels.DataError(f"k is {hp.k} but channel {train.name!r} has only {rows} rows")
-
-    fit_started = time.perf_counter()
+    started = time.perf_counter()
     estimator = model.fit(hp, data)
-    fit_seconds = time.perf_counter() - fit_started
     kmeans = model.kmeans_step(estimator)
-    log.info(
-        "fitted k=%d in %.2f s: %d iterations, inertia %.6g",
-        hp.k,
-        fit_seconds,
-        kmeans.n_iter_,
-        kmeans.inertia_,
-    )
-    # copy_x=False and StandardScaler(copy=False) leave `data` as the model saw it.
-    metrics = {"train": _metrics(kmeans, data, ("msd", "ssd"), float(kmeans.inertia_))}
-    sizes = np.bincount(kmeans.labels_, minlength=hp.k).tolist()
-    del data
+    return {
+        "estimator": estimator,
+        "rows": rows,
+        "feature_dim": features,
+        "ssd": float(kmeans.inertia_),
+        "cluster_sizes": np.bincount(kmeans.labels_, minlength=hp.k).tolist(),
+        "iterations": int(kmeans.n_iter_),
+        "seconds": {"load": round(load_seconds, 3), "fit": round(time.perf_counter() - started, 3)},
+    }
 
+
+def _streaming(
+    hp: hyperparameters.Hyperparameters, train: channels.Channel, env: Environment
+) -> dict[str, Any]:
+    """Mini-batch passes over the channel, with checkpoints when the folder exists."""
+    started = time.perf_counter()
+    checkpoints = env.paths.checkpoints if env.paths.checkpoints.is_dir() else None
+    trainer = streaming.Trainer(
+        hp,
+        streaming.Settings(
+            pipe_wait_seconds=env.pipe_wait_seconds,
+            checkpoints=checkpoints,
+            checkpoint_seconds=env.checkpoint_seconds,
+            stop_requested=lambda: _STOP.requested,
+        ),
+    )
+    _STOP.deferred = True  # SIGTERM now waits for the end of the chunk, then checkpoints
+    estimator = trainer.run(train)
+    _STOP.deferred = False
+    last = trainer.state.last_pass
+    return {
+        "estimator": estimator,
+        "rows": last["rows"],
+        "feature_dim": trainer.state.feature_dim,
+        "ssd": last["ssd"],
+        "cluster_sizes": last["sizes"],
+        "iterations": hp.epochs,
+        "seconds": {"load_and_fit": round(time.perf_counter() - started, 3)},
+    }
+
+
+def _score(
+    estimator: Any, channel: channels.Channel, features: int, env: Environment
+) -> dict[str, float]:
+    ssd, rows = streaming.score(estimator, channel, features, env.pipe_wait_seconds)
+    if rows == 0:
+        raise channels.DataError(f"channel {channel.name!r} has files but no records")
+    log.info("scored %d rows of channel %r", rows, channel.name)
+    return {"msd": ssd / rows, "ssd": ssd}
+
+
+def run(env: Environment) -> dict[str, Any]:
+    """Train once; return the summary written to output/data/summary.json."""
+    started = time.perf_counter()
+    paths = env.paths
+    hp = hyperparameters.parse(_read_json(paths.hyperparameters, "hyperparameters"))
+    log.info("hyperparameters: %s", json.dumps(hp.as_dict()))
+    for note in hp.notes:
+        log.info("%s", note)
+    host = current_host(paths)
+    found = channels.read_channels(paths.input_data_config, paths.data)
+    train = channels.training_channel(found)
+    if hp.mini_batch_size is not None or train.mode == "Pipe":
+        result = _streaming(hp, train, env)
+    else:
+        if paths.checkpoints.is_dir():
+            log.info("checkpoints are written in mini-batch mode only (set mini_batch_size)")
+        result = _full_batch(hp, train)
+    estimator = result.pop("estimator")
+    log.info(
+        "fitted k=%d on %d rows x %d features: %d iterations, inertia %.6g",
+        hp.k,
+        result["rows"],
+        result["feature_dim"],
+        result["iterations"],
+        result["ssd"],
+    )
+    metrics = {"train": {"msd": result["ssd"] / result["rows"], "ssd": result["ssd"]}}
     if "test" in found:
-        test = channels.load(found["test"])
-        if test.shape[1] != features:
-            raise channels.DataError(
-                f"channel 'test' has {test.shape[1]} feature columns, 'train' has {features}"
-            )
-        metrics["test"] = _metrics(estimator, test, hp.eval_metrics)
-        log.info("scored %d test rows", len(test))
+        metrics["test"] = _score(estimator, found["test"], result["feature_dim"], env)
     for channel, values in metrics.items():
         for name in hp.eval_metrics if channel == "test" else ("msd", "ssd"):
             print(f"#quality_metric: host={host}, {channel} {name} <loss>={values[name]:.6g}")
 
+    kmeans = model.kmeans_step(estimator)
+    result["seconds"]["total"] = round(time.perf_counter() - started, 3)
     summary = {
-        "rows": rows,
-        "feature_dim": features,
-        "cluster_sizes": sizes,
-        "iterations": int(kmeans.n_iter_),
+        **{key: value for key, value in result.items() if key != "ssd"},
         "metrics": metrics,
-        "seconds": {
-            "load": round(load_seconds, 3),
-            "fit": round(fit_seconds, 3),
-            "total": round(time.perf_counter() - started, 3),
-        },
+        "peak_rss_mb": peak_rss_mb(),
     }
     metadata = {
         "k": hp.k,
-        "feature_dim": features,
+        "feature_dim": result["feature_dim"],
         "hyperparameters": hp.as_dict(),
         "given": hp.given,
         "metrics": metrics,
-        "training_job_name": Environment.read().training_job_name or None,
+        "training_job_name": env.training_job_name or None,
     }
     paths.output_data.mkdir(parents=True, exist_ok=True)
     np.savetxt(
@@ -146,7 +208,12 @@ def run(paths: Paths) -> dict[str, Any]:
     )
     (paths.output_data / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     model.save(paths.model, estimator, metadata)
-    log.info("model saved to %s in %.2f s in all", paths.model, time.perf_counter() - started)
+    log.info(
+        "model saved to %s; %.2f s in all, peak memory %.0f MB",
+        paths.model,
+        time.perf_counter() - started,
+        summary["peak_rss_mb"],
+    )
     return summary
 
 
@@ -166,14 +233,15 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
     )
     try:
-        paths = Environment.read().paths
+        env = Environment.read()
     except SettingError as error:
         log.error("training failed: %s", error)
         return EXIT_INPUT_ERROR
+    paths = env.paths
     paths.failure.unlink(missing_ok=True)
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        run(paths)
+        run(env)
     except (
         hyperparameters.HyperparameterError,
         channels.DataError,
@@ -182,6 +250,9 @@ def main() -> int:
         return _fail(paths, str(error))
     except Stopped as error:
         return _fail(paths, str(error), code=EXIT_STOPPED)
+    except streaming.Interrupted as error:
+        saved = "checkpoint saved" if paths.checkpoints.is_dir() else "no checkpoint folder"
+        return _fail(paths, f"{STOPPED} at {error}; {saved}", code=EXIT_STOPPED)
     except MemoryError:
         return _fail(paths, "out of memory: use a larger instance or set mini_batch_size")
     except Exception as error:

@@ -81,39 +81,50 @@ def npy(rows: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-REQUESTS = {
-    "csv": ("text/csv", CSV_BODY),
-    "csv-charset": ("text/csv; charset=utf-8", CSV_BODY),
-    "csv-header": ("Text/CSV; header=present", "a,b,c,d\n" + CSV_BODY),
-    "csv-labels": (
-        "text/csv;label_size=1",
-        "\n".join("7," + line for line in CSV_BODY.split("\n")),
-    ),
-    "json-instances-features": (
-        "application/json",
-        json.dumps({"instances": [{"features": row} for row in ROWS.tolist()]}),
-    ),
-    "json-instances-lists": ("application/json", json.dumps({"instances": ROWS.tolist()})),
-    "json-list-of-lists": ("application/json", json.dumps(ROWS.tolist())),
-    "jsonlines-features": (
-        "application/jsonlines",
-        "\n".join(json.dumps({"features": row}) for row in ROWS.tolist()),
-    ),
-    "jsonlines-lists": ("application/jsonlines", "\n".join(map(json.dumps, ROWS.tolist()))),
-    "npy": ("application/x-npy", npy(ROWS)),
-}
+def request_bodies(rows: np.ndarray) -> dict[str, tuple[str, str | bytes]]:
+    csv_body = "\n".join(",".join(f"{v:g}" for v in row) for row in rows)
+    listed = rows.tolist()
+    return {
+        "csv": ("text/csv", csv_body),
+        "csv-charset": ("text/csv; charset=utf-8", csv_body),
+        "csv-header": ("Text/CSV; header=present", "a,b,c,d\n" + csv_body),
+        "csv-labels": (
+            "text/csv;label_size=1",
+            "\n".join("7," + line for line in csv_body.split("\n")),
+        ),
+        "json-instances-features": (
+            "application/json",
+            json.dumps({"instances": [{"features": row} for row in listed]}),
+        ),
+        "json-instances-lists": ("application/json", json.dumps({"instances": listed})),
+        "json-list-of-lists": ("application/json", json.dumps(listed)),
+        "jsonlines-features": (
+            "application/jsonlines",
+            "\n".join(json.dumps({"features": row}) for row in listed),
+        ),
+        "jsonlines-lists": ("application/jsonlines", "\n".join(map(json.dumps, listed))),
+        "npy": ("application/x-npy", npy(rows)),
+    }
+
+
+# Small bodies take the exact parsers; large ones (over 4 KB) the fast paths.
+REQUESTS = request_bodies(ROWS)
+LARGE_REQUESTS = request_bodies(np.tile(ROWS, (40, 1)))
 
 
 @pytest.mark.parametrize("accept", ["application/json", "application/jsonlines", "text/csv"])
+@pytest.mark.parametrize("size", ["small", "large"])
 @pytest.mark.parametrize("name", list(REQUESTS))
-def test_every_format_matches_the_model(server, expected, name: str, accept: str) -> None:
-    content_type, body = REQUESTS[name]
+def test_every_format_matches_the_model(server, expected, name, size, accept) -> None:
+    content_type, body = (REQUESTS if size == "small" else LARGE_REQUESTS)[name]
+    assert (len(body) > 4096) == (size == "large")
     response = invoke(server, body, content_type, accept)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == accept
     labels, distances = parse_answer(response)
-    np.testing.assert_array_equal(labels, expected[0])
-    np.testing.assert_allclose(distances, expected[1], rtol=1e-9)
+    repeat = 1 if size == "small" else 40
+    np.testing.assert_array_equal(labels, np.tile(expected[0], repeat))
+    np.testing.assert_allclose(distances, np.tile(expected[1], repeat), rtol=1e-9)
 
 
 def test_single_features_object_is_one_record(server, expected) -> None:

@@ -214,11 +214,18 @@ FAILURES = [
         "3 rows hold missing, NaN or infinite values; first at a.csv line 3, feature column 2",
     ),
     (
-        "pipe-mode",
+        "unknown-input-mode",
         {"k": "3"},
         GOOD,
-        {"train": {"TrainingInputMode": "Pipe"}},
-        "channel 'train' uses TrainingInputMode 'Pipe'",
+        {"train": {"TrainingInputMode": "Stream"}},
+        "channel 'train': TrainingInputMode 'Stream' is not one of 'File', 'FastFile', 'Pipe'",
+    ),
+    (
+        "test-channel-width",
+        {"k": "3"},
+        {**GOOD, "test/a.csv": "1,2,3\n4,5,6\n"},
+        {**CSV_CHANNEL, "test": {}},
+        "channel 'test' has 3 feature columns (a.csv), the training data 4",
     ),
     (
         "unsupported-content-type",
