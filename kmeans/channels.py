@@ -1,12 +1,14 @@
-"""Training input: the channels SageMaker mounts, read into one float32 matrix.
+"""Training input: the channels SageMaker mounts, read as float32 blocks of rows.
 
 inputdataconfig.json names each channel, its input mode and (if the user set one) its
-ContentType. File and FastFile channels are folders that keep the S3 key tree; CSV
-(optionally gzip-compressed) and Parquet are read with pyarrow, block by block, into a
-single contiguous float32 array that grows in place, so a 1 GB CSV needs about the
-memory of its numbers and no float64 copy. A header row is skipped when the content
-type says `header=present`, or when the first line of a file is not numeric and the
-second is (logged). `label_size=N` drops the first N columns.
+ContentType. File and FastFile channels are folders that keep the S3 key tree; a
+Pipe-mode channel is a FIFO per pass (`train_0`, `train_1`, ...). CSV (optionally
+gzip-compressed), Parquet and RecordIO-protobuf are read block by block, with pyarrow
+for CSV and Parquet. `load` gathers a File channel into one contiguous float32 array
+that grows in place, so a 1 GB CSV needs about the memory of its numbers and no float64
+copy; `blocks` streams one pass for mini-batch training. A CSV header row is skipped
+when the content type says `header=present`, or when the first line of a file is not
+numeric and the second is (logged). `label_size=N` drops the first N columns.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from kmeans import recordio
 from kmeans.content_types import MediaType
 
 log = logging.getLogger(__name__)
 
 TRAINING_CHANNELS = ("train", "training")
-CSV, PARQUET = "text/csv", "application/x-parquet"
+CSV, PARQUET, RECORDIO = "text/csv", "application/x-parquet", "application/x-recordio-protobuf"
 _FORMATS = {
     "text/csv": CSV,
+    RECORDIO: RECORDIO,
     "application/x-parquet": PARQUET,
     "application/parquet": PARQUET,
     "application/vnd.apache.parquet": PARQUET,
@@ -286,6 +290,10 @@ def _pipe_blocks(
         raise DataError(f"channel {channel.name!r}: Parquet cannot stream in Pipe mode; use CSV")
     with fifo.open("rb") as raw:
         stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
+        declared = channel.content_type.essence if channel.content_type else None
+        if declared == RECORDIO or (declared is None and raw.peek(4)[:4] == recordio.MAGIC_BYTES):
+            yield from _recordio_stream(stream, fifo.name, block_bytes)
+            return
         first = [stream.readline(), stream.readline()]
         columns, header = _layout(first, channel, fifo.name)
         source = _Prefixed(b"".join(first), stream)
@@ -336,12 +344,39 @@ def _format(path: Path, channel: Channel) -> str:
             )
         return fmt
     with path.open("rb") as probe:
-        return PARQUET if probe.read(4) == b"PAR1" else CSV
+        magic = probe.read(4)
+    return {b"PAR1": PARQUET, recordio.MAGIC_BYTES: RECORDIO}.get(magic, CSV)
+
+
+def _recordio_stream(stream: io.BufferedIOBase, source: str, block_bytes: int) -> Iterator[Block]:
+    """RecordIO-protobuf records, read a block at a time; a record may span two reads."""
+    pending, first = b"", 1
+    while True:
+        chunk = stream.read(block_bytes)
+        pending += chunk
+        try:
+            payloads, used = recordio.frames(pending, complete=not chunk, first=first)
+            rows = recordio.rows(payloads, first=first)
+        except recordio.RecordIOError as error:
+            raise DataError(f"{source}: {error}") from None
+        if payloads:
+            yield Block(source, first, rows.astype(np.float32))
+            first += len(payloads)
+        pending = pending[used:]
+        if not chunk:
+            return
+
+
+def _recordio_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[Block]:
+    with path.open("rb") as stream:
+        yield from _recordio_stream(stream, path.name, block_bytes)
+
+
+_READERS = {CSV: _csv_blocks, PARQUET: _parquet_blocks, RECORDIO: _recordio_blocks}
 
 
 def _file_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[Block]:
-    reader = _parquet_blocks if _format(path, channel) == PARQUET else _csv_blocks
-    return reader(path, channel, block_bytes)
+    return _READERS[_format(path, channel)](path, channel, block_bytes)
 
 
 def blocks(

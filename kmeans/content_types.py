@@ -12,6 +12,7 @@ CSV = "text/csv"
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
 NPY = "application/x-npy"
+RECORDIO = "application/x-recordio-protobuf"
 
 # Spellings seen in the wild for the same formats.
 ALIASES = {

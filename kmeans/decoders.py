@@ -22,7 +22,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from kmeans.content_types import CSV, JSON, JSONLINES, NPY, MediaType
+from kmeans import recordio
+from kmeans.content_types import CSV, JSON, JSONLINES, NPY, RECORDIO, MediaType
 
 _SMALL_BODY = 4096  # below this, Python's own parsing beats pyarrow's set-up cost
 
@@ -272,11 +273,23 @@ def decode_npy(body: bytes, media: MediaType, features: int) -> np.ndarray:
     return array.astype(np.float64, copy=False)
 
 
+# --- application/x-recordio-protobuf -------------------------------------------------
+
+
+def decode_recordio(body: bytes, media: MediaType, features: int) -> np.ndarray:
+    try:
+        payloads, _ = recordio.frames(body)
+        return recordio.rows(payloads, features)
+    except recordio.RecordIOError as error:
+        raise DecodeError(f"body is not RecordIO-protobuf: {error}") from None
+
+
 DECODERS: dict[str, Callable[[bytes, MediaType, int], np.ndarray]] = {
     CSV: decode_csv,
     JSON: decode_json,
     JSONLINES: decode_jsonlines,
     NPY: decode_npy,
+    RECORDIO: decode_recordio,
 }
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
-from kmeans.content_types import CSV, JSON, JSONLINES, parse_accept
+from kmeans import recordio
+from kmeans.content_types import CSV, JSON, JSONLINES, RECORDIO, parse_accept
 
 
 class NotAcceptable(ValueError):
@@ -47,18 +48,28 @@ def encode_jsonlines(labels: np.ndarray, distances: np.ndarray) -> bytes:
     return b"\n".join(orjson.dumps(obj) for obj in _objects(labels, distances))
 
 
+def encode_recordio(labels: np.ndarray, distances: np.ndarray) -> bytes:
+    return recordio.encode_labels({"closest_cluster": labels, "distance_to_cluster": distances})
+
+
 ENCODERS: dict[str, Callable[[np.ndarray, np.ndarray], bytes]] = {
     JSON: encode_json,
     JSONLINES: encode_jsonlines,
     CSV: encode_csv,
+    RECORDIO: encode_recordio,
 }
+_ECHOED = (JSON, JSONLINES, CSV)  # request types answered in kind when Accept says nothing
 
 
 def choose(accept: str, request_type: str, default_accept: str = "") -> str:
     """The response media type: the best match in Accept; for none or a wildcard, the
     configured default, else the request's own type when we can write it, else JSON."""
     fallback = next(
-        (kind for kind in (default_accept, request_type) if kind in ENCODERS),
+        (
+            kind
+            for kind in (default_accept, request_type if request_type in _ECHOED else "")
+            if kind in ENCODERS
+        ),
         JSON,
     )
     if not accept.strip():

@@ -17,6 +17,7 @@ import joblib
 import numpy as np
 import pytest
 import requests
+import protobuf_records
 from conftest import IRIS, SERVE, entrypoint_env, free_port
 
 pytestmark = pytest.mark.skipif(
@@ -104,6 +105,7 @@ def request_bodies(rows: np.ndarray) -> dict[str, tuple[str, str | bytes]]:
         ),
         "jsonlines-lists": ("application/jsonlines", "\n".join(map(json.dumps, listed))),
         "npy": ("application/x-npy", npy(rows)),
+        "recordio-protobuf": ("application/x-recordio-protobuf", protobuf_records.body(rows)),
     }
 
 
@@ -124,7 +126,18 @@ def test_every_format_matches_the_model(server, expected, name, size, accept) ->
     labels, distances = parse_answer(response)
     repeat = 1 if size == "small" else 40
     np.testing.assert_array_equal(labels, np.tile(expected[0], repeat))
-    np.testing.assert_allclose(distances, np.tile(expected[1], repeat), rtol=1e-9)
+    precision = 1e-6 if name.startswith("recordio") else 1e-9  # float32 tensors on the wire
+    np.testing.assert_allclose(distances, np.tile(expected[1], repeat), rtol=precision)
+
+
+def test_recordio_answers_as_the_built_in_algorithm(server, expected) -> None:
+    accept = "application/x-recordio-protobuf"
+    response = invoke(server, CSV_BODY, "text/csv", accept)
+    assert response.status_code == 200 and response.headers["Content-Type"] == accept
+    answers = protobuf_records.labels(response.content)
+    assert [a["closest_cluster"] for a in answers] == expected[0].tolist()
+    distances = [a["distance_to_cluster"] for a in answers]
+    np.testing.assert_allclose(distances, expected[1], rtol=1e-6)  # float32 on the wire
 
 
 def test_single_features_object_is_one_record(server, expected) -> None:
@@ -216,7 +229,8 @@ ERRORS = [
         None,
         415,
         "Content-Type 'application/xml' is not supported; use one of text/csv, "
-        "application/json, application/jsonlines, application/x-npy",
+        "application/json, application/jsonlines, application/x-npy, "
+        "application/x-recordio-protobuf",
     ),
     (
         "text/csv",
@@ -224,7 +238,7 @@ ERRORS = [
         "text/html",
         406,
         "cannot answer with Accept 'text/html'; this endpoint answers application/json, "
-        "application/jsonlines, text/csv",
+        "application/jsonlines, text/csv, application/x-recordio-protobuf",
     ),
 ]
 

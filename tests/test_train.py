@@ -231,8 +231,8 @@ FAILURES = [
         "unsupported-content-type",
         {"k": "3"},
         GOOD,
-        {"train": {"ContentType": "application/x-recordio-protobuf"}},
-        "channel 'train': ContentType 'application/x-recordio-protobuf' is not supported",
+        {"train": {"ContentType": "image/jpeg"}},
+        "channel 'train': ContentType 'image/jpeg' is not supported",
     ),
 ]
 
