@@ -20,7 +20,7 @@ ROWS = np.array([[1.5, -2.0, 0.0, 4.25], [0.0, 0.0, 3.0, -1.0], [7.0, 8.0, 9.0, 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_reader_agrees_with_the_protobuf_library(kind: str, sparse: bool) -> None:
     rows = np.trunc(ROWS) if kind == "int32_tensor" else ROWS
-    payloads, used = recordio.frames(pr.body(rows, kind, sparse))
+    payloads, _ = recordio.frames(pr.body(rows, kind, sparse))
     np.testing.assert_array_equal(recordio.rows(payloads, 4), rows)
 
 

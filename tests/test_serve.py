@@ -15,9 +15,9 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import protobuf_records
 import pytest
 import requests
-import protobuf_records
 from conftest import IRIS, SERVE, entrypoint_env, free_port
 
 pytestmark = pytest.mark.skipif(
