@@ -186,7 +186,10 @@ def _row(record: Any, features: int, where: str) -> list[float]:
         raise DecodeError(f"{where}: expected a list of numbers, got {type(record).__name__}")
     if len(record) != features:
         raise _width_error(features, len(record), where)
-    return [_number(value, f"{where}, feature {i}") for i, value in enumerate(record, 1)]
+    for i, value in enumerate(record, 1):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DecodeError(f"{where}, feature {i}: {value!r} is not a number")
+    return record
 
 
 def _sparse(tensor: dict, features: int, where: str) -> list[float]:

@@ -1,0 +1,76 @@
+"""Request decoders in-process: the fast paths for large bodies give the same numbers as
+the exact parsers, and hand every body they are unsure of to them for the message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kmeans import decoders
+
+RNG = np.random.default_rng(7)
+ROWS = RNG.normal(0, 1e3, (2000, 4)) * RNG.choice([1e-6, 1, 1e6], (2000, 4))
+
+
+def _bodies(rows: np.ndarray) -> dict[str, tuple[str, bytes]]:
+    listed = rows.tolist()
+    return {
+        "csv": ("text/csv", "\n".join(",".join(repr(v) for v in r) for r in listed).encode()),
+        "csv-crlf": (
+            "text/csv",
+            "\r\n".join(",".join(repr(v) for v in r) for r in listed).encode(),
+        ),
+        "json": (
+            "application/json",
+            json.dumps({"instances": [{"features": r} for r in listed]}).encode(),
+        ),
+        "json-spaced": ("application/json", json.dumps({"instances": listed}, indent=2).encode()),
+        "jsonlines": ("application/jsonlines", "\n".join(json.dumps(r) for r in listed).encode()),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bodies(ROWS[:1])))
+def test_fast_paths_equal_exact_parsing(name: str) -> None:
+    content_type, body = _bodies(ROWS)[name]
+    assert len(body) > 4096
+    np.testing.assert_array_equal(decoders.decode(body, content_type, 4), ROWS)
+
+
+def test_the_fast_paths_are_taken_for_large_bodies() -> None:
+    bodies = _bodies(ROWS)
+    assert decoders._csv_fast(bodies["csv"][1], 0, 4) is not None
+    assert decoders._json_fast(bodies["json"][1], 4) is not None
+    assert decoders._json_fast(bodies["json-spaced"][1], 4) is not None
+
+
+def large_json(last_row: str) -> bytes:
+    return ("[" + ",".join(["[1,2,3,4]"] * 1000) + "," + last_row + "]").encode()
+
+
+@pytest.mark.parametrize(
+    "content_type,body,message",
+    [
+        ("application/json", large_json("[1,2,3]"), "expected 4 features, got 3 in instance 1001"),
+        ("application/json", large_json("[1,2,3,NaN]"), "body is not valid JSON"),
+        ("application/json", large_json("[1,2,3,1e999]"), "1 rows hold NaN or infinite values"),
+        ("application/json", large_json("[1,2,3,true]"), "instance 1001, feature 4: True is not"),
+        ("application/json", large_json("[1,2,3,-]"), "body is not valid JSON"),
+        ("application/json", large_json('[1,2,3,"4"]'), "instance 1001, feature 4: '4' is not"),
+        ("application/json", large_json("[1 2,3,4]"), "body is not valid JSON"),
+        ("text/csv", b"1,2,3,4\n" * 1000 + b"1,2,3\n", "expected 4 features, got 3 in row 1001"),
+        ("text/csv", b"1,2,3,4\n" * 1000 + b"1,2,x,4\n", "row 1001, column 3: 'x' is not a number"),
+        ("text/csv", b"1,2,3,4\n" * 1000 + b"1,2,,4\n", "row 1001, column 3: empty cell"),
+    ],
+)
+def test_large_bad_bodies_get_the_exact_message(content_type, body, message) -> None:
+    assert len(body) > 4096
+    with pytest.raises(decoders.DecodeError) as raised:
+        decoders.decode(body, content_type, 4)
+    assert str(raised.value).startswith(message), raised.value
+
+
+def test_quoted_csv_cells_are_read() -> None:
+    body = b'"1.5","2",3,4\n' * 1000
+    np.testing.assert_array_equal(decoders.decode(body, "text/csv", 4), [[1.5, 2, 3, 4]] * 1000)
