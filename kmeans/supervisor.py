@@ -66,6 +66,14 @@ def write_nginx_config(env: Environment, runtime: Path) -> Path:
     return path
 
 
+def _kill_group(child: subprocess.Popen) -> None:
+    """Stop what is left of a child's process group (it leads its own session)."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class Supervisor:
     def __init__(self, env: Environment) -> None:
         self.env = env
@@ -162,7 +170,10 @@ class Supervisor:
         """nginx first (it drains requests in flight), then gunicorn, within STOP_TIMEOUT."""
         deadline = time.monotonic() + STOP_TIMEOUT
         for child, graceful in ((self.nginx, signal.SIGQUIT), (self.gunicorn, signal.SIGTERM)):
-            if child is None or child.poll() is not None:
+            if child is None:
+                continue
+            if child.poll() is not None:
+                _kill_group(child)  # a master that died leaves its workers behind
                 continue
             child.send_signal(graceful)
             try:
@@ -170,6 +181,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+            _kill_group(child)
         shutil.rmtree(self.runtime, ignore_errors=True)
         log.info("stopped")
 

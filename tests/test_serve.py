@@ -360,9 +360,13 @@ def test_a_killed_worker_loses_no_later_request(trained, start_server) -> None:
 
 def test_serve_exits_when_nginx_dies(trained, start_server) -> None:
     server = start_server(trained)
-    os.kill(server.pids()["nginx"][0], signal.SIGKILL)
+    nginx = server.pids()["nginx"]
+    os.kill(nginx[0], signal.SIGKILL)
     assert server.process.wait(30) != 0
     assert "nginx exited unexpectedly" in server.output()
+    time.sleep(0.5)
+    left = [pid for pid in nginx if Path(f"/proc/{pid}").exists()]
+    assert left == [], "nginx workers outlived their master"
 
 
 def test_missing_model_stops_serve_with_one_line(tmp_path: Path) -> None:
