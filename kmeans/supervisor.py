@@ -12,6 +12,7 @@ This process imports no scientific library: it stays small and starts at once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -68,10 +69,8 @@ def write_nginx_config(env: Environment, runtime: Path) -> Path:
 
 def _kill_group(child: subprocess.Popen) -> None:
     """Stop what is left of a child's process group (it leads its own session)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Supervisor:
