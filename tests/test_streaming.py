@@ -229,3 +229,22 @@ def test_file_mode_streaming_matches_full_batch_quality(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout
         assert "test msd" in result.stdout
     assert inertia(stream, held_out) == pytest.approx(inertia(full, held_out), rel=0.02)
+
+
+def test_sigterm_stops_a_full_batch_job_promptly(tmp_path: Path) -> None:
+    base = make_job(
+        tmp_path, {"k": "4"}, {"train/a.csv": csv_bytes(blobs(1000, features=16)) * 3000}
+    )
+    job = subprocess.Popen(
+        [str(TRAIN)], env=entrypoint_env(base), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    time.sleep(2.0)  # importing, then reading 3 M rows
+    assert job.poll() is None
+    job.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    job.communicate(timeout=60)
+    assert job.returncode == 143
+    assert time.monotonic() - stopped < 10
+    failure = (base / "output" / "failure").read_text().splitlines()[0]
+    assert failure.startswith("training stopped by SIGTERM")
+    assert sorted(p.name for p in (base / "model").iterdir()) == []
