@@ -154,25 +154,24 @@ def test_streaming_memory_is_bounded_by_the_chunk_not_the_data(tmp_path: Path) -
 
 
 def test_sigterm_checkpoints_and_a_new_job_resumes(tmp_path: Path) -> None:
-    rows = blobs(200_000, features=8)
+    rows = blobs(100_000, features=8)
     data = csv_bytes(rows)
-    hyperparameters = {"k": "4", "mini_batch_size": "500", "epochs": "4", "seed": "3"}
+    hyperparameters = {"k": "4", "mini_batch_size": "500", "epochs": "12", "seed": "3"}
 
     reference = make_job(tmp_path / "reference", hyperparameters, {"train/a.csv": data})
     assert run_train(reference, timeout=300).returncode == 0
 
     base = make_job(tmp_path / "job", hyperparameters, {"train/a.csv": data})
     (base / "checkpoints").mkdir()
-    environment = entrypoint_env(base, SAGE_KMEANS_CHECKPOINT_SECONDS="0.5")
+    environment = entrypoint_env(base, SAGE_KMEANS_CHECKPOINT_SECONDS="0")  # every chunk
     job = subprocess.Popen(
         [str(TRAIN)], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 120
     while not (base / "checkpoints" / "kmeans-checkpoint.joblib").exists():
         assert time.monotonic() < deadline and job.poll() is None, job.stdout.read()
-        time.sleep(0.05)
-    time.sleep(1.0)
-    job.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
+    job.send_signal(signal.SIGTERM)  # at the first checkpoint: long before the 12th pass
     output = job.communicate(timeout=60)[0]
     assert job.returncode != 0, output
     failure = (base / "output" / "failure").read_text().splitlines()[0]

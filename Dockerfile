@@ -1,0 +1,45 @@
+# sage-kmeans: a SageMaker "bring your own container" image that trains (`train`) and
+# serves (`serve`: nginx -> gunicorn -> Flask) a scikit-learn K-Means model.
+# Build: docker build -t sage-kmeans .   (for SageMaker from Apple silicon: --platform linux/amd64)
+
+# Build stage: the pinned dependencies in a venv. Wheels only, so no compiler is needed.
+FROM debian:bookworm-slim AS build
+ARG DEBIAN_FRONTEND=noninteractive
+# Debian's own python3; point releases drop old package versions, so apt pins would break builds.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY requirements.txt /tmp/requirements.txt
+# The libraries' own test suites (pandas, scipy, numpy...) are a sixth of the venv and never run here.
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --only-binary=:all: -r /tmp/requirements.txt \
+    && find /opt/venv/lib/python3.11/site-packages -mindepth 2 -type d -name tests -prune \
+        -exec rm -rf {} +
+
+# Final stage: python3, nginx, the venv and the code; no pip cache, no build tools.
+FROM debian:bookworm-slim
+ARG DEBIAN_FRONTEND=noninteractive
+LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      org.opencontainers.image.title=sage-kmeans \
+      org.opencontainers.image.description="SageMaker BYOC: scikit-learn K-Means, train and serve"
+# nginx logs go to the container log; its default paths are root's, so serve points it at a temp dir.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 nginx \
+    && rm -rf /var/lib/apt/lists/* \
+    && ln -sf /dev/stdout /var/log/nginx/access.log \
+    && ln -sf /dev/stderr /var/log/nginx/error.log
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/program/kmeans:/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /opt/program
+# The code last, so editing it rebuilds only this layer. The doors are made executable
+# and LF whatever the checkout did to them (git file mode, Windows line endings).
+COPY kmeans kmeans
+RUN sed -i 's/\r$//' kmeans/train kmeans/serve kmeans/entrypoint \
+    && chmod 755 kmeans/train kmeans/serve kmeans/entrypoint
+# `train` or `serve` as SageMaker passes them; no argument: see kmeans/entrypoint.
+ENTRYPOINT ["/opt/program/kmeans/entrypoint"]

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Set up what `make demo` and `make test` need on this machine, doing only what is missing:
+#   venv   .venv with requirements-dev.txt (reinstalled when a requirements file changes)
+#   nginx  the web server in front of `serve` (installed with apt-get when running as root)
+#   curl   what predict.sh sends requests with (likewise)
+# Usage: local_test/bootstrap.sh [venv] [nginx] [curl]   (no argument: all three)
+# PYTHON names the interpreter for a new .venv (default python3; 3.11 or newer).
+set -euo pipefail
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-python3}
+say() { echo "bootstrap: $*" >&2; }
+
+apt_install() {  # apt_install PACKAGE...: install, or say how to when we cannot
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        say "installing $* with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    else
+        say "missing: $*. Install it (Debian/Ubuntu: sudo apt-get install $*; macOS: brew install $*), or rerun as root."
+        exit 1
+    fi
+}
+
+setup_venv() {
+    local venv=$top/.venv want
+    want=$(cat "$top/requirements.txt" "$top/requirements-dev.txt" | cksum)
+    if [[ -x $venv/bin/python && $(cat "$venv/.requirements" 2>/dev/null) == "$want" ]]; then
+        return
+    fi
+    if [[ ! -x $venv/bin/python ]]; then
+        command -v "$python" >/dev/null || { say "$python not found: install Python 3.11 or newer, or set PYTHON"; exit 1; }
+        "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+            || { say "$python is older than 3.11: set PYTHON=python3.11 (or newer)"; exit 1; }
+        "$python" -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+        say "creating .venv with $python"
+        "$python" -m venv "$venv"
+    fi
+    say "installing requirements-dev.txt into .venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$top/requirements-dev.txt"
+    echo "$want" >"$venv/.requirements"
+}
+
+[[ $# -gt 0 ]] || set -- venv nginx curl
+missing=()
+for part in "$@"; do
+    case $part in
+        venv) ;;
+        nginx) command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx) ;;
+        curl) command -v curl >/dev/null || missing+=(curl) ;;
+        *) say "unknown part '$part' (expected venv, nginx, curl)"; exit 2 ;;
+    esac
+done
+[[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
+if [[ " $* " == *" venv "* ]]; then setup_venv; fi

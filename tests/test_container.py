@@ -1,0 +1,270 @@
+"""The real image, run the way SageMaker runs it: `train` and `serve` with a mounted /opt/ml,
+through local_test/train_local.sh, serve_local.sh and predict.sh.
+
+Image: $SAGE_KMEANS_IMAGE as given, else sage-kmeans:test built from this checkout (the
+layer cache makes a rebuild cheap). Skipped when no Docker engine is reachable, unless
+SAGE_KMEANS_REQUIRE_CONTAINER=1 (CI), which turns the skip into a failure.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DIR = ROOT / "local_test" / "test_dir"
+PAYLOAD = ROOT / "payload.csv"
+REQUIRE = os.environ.get("SAGE_KMEANS_REQUIRE_CONTAINER") == "1"
+QUALITY_METRIC = re.compile(r"#quality_metric: host=algo-1, train msd <loss>=(\S+)")
+
+
+def docker(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+
+
+def engine_problem() -> str | None:
+    """Why no Docker engine can be used, or None when one answers."""
+    try:
+        info = docker("info", "--format", "{{.ServerVersion}}", timeout=30)
+    except FileNotFoundError:
+        return "the docker command is not installed"
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 30 s"
+    if info.returncode != 0:
+        said = info.stderr.strip().splitlines() or [f"exit status {info.returncode}"]
+        return f"`docker info` failed: {said[-1]}"
+    return None
+
+
+def build(tag: str, context: Path) -> None:
+    result = docker("build", "--network", "host", "-t", tag, str(context), timeout=1800)
+    assert result.returncode == 0, f"docker build failed:\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    problem = engine_problem()
+    if problem:
+        message = f"no Docker engine reachable ({problem})"
+        if REQUIRE:
+            pytest.fail(f"SAGE_KMEANS_REQUIRE_CONTAINER=1 but {message}")
+        pytest.skip(message)
+    if "SAGE_KMEANS_IMAGE" in os.environ:
+        tag = os.environ["SAGE_KMEANS_IMAGE"]
+        found = docker("image", "inspect", tag)
+        assert found.returncode == 0, f"SAGE_KMEANS_IMAGE={tag} is not a local image"
+        return tag
+    build("sage-kmeans:test", ROOT)
+    return "sage-kmeans:test"
+
+
+def fresh_test_dir(parent: Path) -> Path:
+    """A copy of local_test/test_dir without any model or output from earlier runs."""
+    target = parent / "opt_ml"
+    shutil.copytree(TEST_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("model", "output"):
+        shutil.rmtree(target / folder, ignore_errors=True)
+        (target / folder).mkdir()
+    return target
+
+
+def train(image: str, base: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / "local_test" / "train_local.sh"), image, str(base)],
+        env={**os.environ, "DOCKER_RUN_ARGS": "--network host"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(image: str, tmp_path_factory: pytest.TempPathFactory):
+    base = fresh_test_dir(tmp_path_factory.mktemp("trained"))
+    return base, train(image, base)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_ping(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"serve exited early: {server.communicate()}"
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url}/ping did not answer 200 within {seconds} s")
+
+
+def test_train_writes_the_model_and_reports_the_metric(trained) -> None:
+    base, result = trained
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert (base / "model" / "model.joblib").is_file()
+    assert (base / "model" / "model.json").is_file()
+    assert not (base / "output" / "failure").exists()
+    assert QUALITY_METRIC.search(log), log
+
+
+@pytest.mark.parametrize("user", ["root", "65534:65534"])
+def test_serve_predicts_and_stops_cleanly(image: str, trained, user: str) -> None:
+    base, result = trained
+    assert result.returncode == 0, result.stderr
+    port, name = free_port(), f"sage-kmeans-test-{uuid.uuid4().hex[:8]}"
+    run_args = f"--network host -e SAGEMAKER_BIND_TO_HOST=127.0.0.1 --name {name}"
+    server = subprocess.Popen(
+        [str(ROOT / "local_test" / "serve_local.sh"), image, str(base)],
+        env={
+            **os.environ,
+            "PORT": str(port),
+            "DOCKER_RUN_ARGS": f"{run_args} --user {user}",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_ping(url, server)
+        answer = subprocess.run(
+            [str(ROOT / "predict.sh"), url, str(PAYLOAD), "text/csv"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert answer.returncode == 0, answer.stderr
+        rows = PAYLOAD.read_text().splitlines()
+        lines = answer.stdout.splitlines()
+        assert len(lines) == len(rows), answer.stdout
+        assert all(len(line.split(",")) == 2 for line in lines), answer.stdout
+
+        started = time.monotonic()
+        docker("stop", "--time", "30", name, timeout=60)
+        assert server.wait(timeout=40) == 0, server.communicate()
+        assert time.monotonic() - started < 30
+    finally:
+        docker("rm", "--force", name)
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=30)
+
+
+def test_no_argument_trains_when_a_training_config_is_mounted(image: str, tmp_path: Path) -> None:
+    base = fresh_test_dir(tmp_path)
+    result = docker("run", "--rm", "--network", "host", "-v", f"{base}:/opt/ml", image, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "so: train" in result.stderr
+    assert (base / "model" / "model.joblib").is_file()
+
+
+def test_no_argument_serves_otherwise(image: str, tmp_path: Path) -> None:
+    """No config: it serves; with no model either, serve says so in one line and exits."""
+    result = docker(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "-v",
+        f"{tmp_path}:/opt/ml",
+        image,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "so: serve" in result.stderr
+    assert "model" in result.stderr.strip().splitlines()[-1]
+
+
+def test_any_other_command_runs_as_given(image: str) -> None:
+    result = docker("run", "--rm", "--network", "host", image, "python3", "-c", "print('hi')")
+    assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+
+
+def test_failed_training_writes_the_failure_file(image: str, tmp_path: Path) -> None:
+    base = fresh_test_dir(tmp_path)
+    config = base / "input" / "config" / "hyperparameters.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "k": "0"}))
+    result = train(image, base)
+    assert result.returncode != 0
+    failure = (base / "output" / "failure").read_text()
+    assert "k" in failure, failure
+    assert not (base / "model" / "model.joblib").exists()
+
+
+def test_labels_entrypoint_and_environment(image: str) -> None:
+    result = docker("image", "inspect", "--format", "{{json .Config}}", image)
+    config = json.loads(result.stdout)
+    labels = config["Labels"] or {}
+    assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert config["Entrypoint"] == ["/opt/program/kmeans/entrypoint"]
+    assert "PYTHONUNBUFFERED=1" in config["Env"]
+
+
+def test_doors_run_whatever_the_checkout_did_to_them(image: str, tmp_path: Path) -> None:
+    """Mode 644 and CRLF line endings on the doors (a Windows or odd git checkout) still work."""
+    context = tmp_path / "context"
+    shutil.copytree(
+        ROOT / "kmeans",
+        context / "kmeans",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in ("Dockerfile", ".dockerignore", "requirements.txt"):
+        shutil.copy(ROOT / name, context / name)
+    for door in ("train", "serve", "entrypoint"):
+        path = context / "kmeans" / door
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+        path.chmod(0o644)
+    tag = f"sage-kmeans:test-doors-{uuid.uuid4().hex[:8]}"
+    build(tag, context)
+    try:
+        modes = docker(
+            "run",
+            "--rm",
+            tag,
+            "stat",
+            "-c",
+            "%a %n",
+            "/opt/program/kmeans/train",
+            "/opt/program/kmeans/serve",
+            "/opt/program/kmeans/entrypoint",
+        )
+        assert modes.stdout.split()[::2] == ["755", "755", "755"], modes.stderr
+        base = fresh_test_dir(tmp_path)
+        result = docker(
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "-v",
+            f"{base}:/opt/ml",
+            tag,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr
+        assert (base / "model" / "model.joblib").is_file()
+    finally:
+        docker("rmi", tag)
