@@ -13,15 +13,18 @@ numeric and the second is (logged). `label_size=N` drops the first N columns.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
 import logging
 import math
+import os
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,10 @@ _FORMATS = {
 # pyarrow reads ahead several blocks: big blocks parse fastest, small ones bound memory.
 LOAD_BLOCK_BYTES = 16 << 20
 STREAM_BLOCK_BYTES = 1 << 20
+# Plain CSV files this large are parsed in PARALLEL_PARTS byte ranges at once.
+PARALLEL_MIN_BYTES = 64 << 20
+PARALLEL_PARTS = max(1, min(8, os.cpu_count() or 1))
+PARALLEL_BLOCK_BYTES = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -149,14 +156,18 @@ class Matrix:
     data: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
     origins: list[tuple[int, str, int]] = field(default_factory=list)
 
+    def reserve(self, rows: int, columns: int) -> None:
+        """Room for `rows` in all: allocated once when the size is known up front."""
+        if rows > len(self.data):
+            if self.data.size == 0:
+                self.data = np.empty((rows, columns), np.float32)
+            else:
+                self.data.resize((rows, columns), refcheck=False)
+
     def append(self, block: np.ndarray) -> None:
         needed = self.rows + len(block)
         if needed > len(self.data):
-            capacity = max(needed, int(len(self.data) * 1.5), 1024)
-            if self.data.size == 0:
-                self.data = np.empty((capacity, block.shape[1]), np.float32)
-            else:
-                self.data.resize((capacity, block.shape[1]), refcheck=False)
+            self.reserve(max(needed, int(len(self.data) * 1.5), 1024), block.shape[1])
         self.data[self.rows : needed] = block
         self.rows = needed
 
@@ -256,6 +267,98 @@ def _csv_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[Bloc
         raise DataError(_diagnose(path, header, columns)) from None
 
 
+class _Range(io.RawIOBase):
+    """Bytes `start` to `end` of a file, read with pread (no mapping, no shared offset)."""
+
+    def __init__(self, descriptor: int, start: int, end: int) -> None:
+        self.descriptor, self.offset, self.end = descriptor, start, end
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer)[: max(0, self.end - self.offset)]
+        size = os.preadv(self.descriptor, [view], self.offset) if len(view) else 0
+        self.offset += size
+        return size
+
+
+def _newline_after(descriptor: int, offset: int, size: int) -> int:
+    """The offset just past the first newline at or after `offset` (or the end)."""
+    while offset < size:
+        found = os.pread(descriptor, 65536, offset).find(b"\n")
+        if found >= 0:
+            return offset + found + 1
+        offset += 65536
+    return size
+
+
+def _count_lines(descriptor: int, start: int, end: int) -> int:
+    lines, offset = 0, start
+    while offset < end:
+        chunk = os.pread(descriptor, min(16 << 20, end - offset), offset)
+        lines += chunk.count(b"\n")
+        offset += len(chunk)
+    return lines
+
+
+def _load_csv_parallel(path: Path, channel: Channel, matrix: Matrix) -> None:
+    """A large plain CSV file, split at line ends into one byte range per core: each range
+    is parsed by its own pyarrow reader in a thread (one reader parses on one core) and
+    written straight into its rows of the matrix, counted beforehand, so no copy of the
+    data is ever held beside the matrix."""
+    with _open(path) as stream:
+        columns, header = _layout([stream.readline(), stream.readline()], channel, path.name)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(descriptor).st_size
+        cuts = [0] + [
+            _newline_after(descriptor, size * part // PARALLEL_PARTS, size)
+            for part in range(1, PARALLEL_PARTS)
+        ]
+        ranges = [(a, b) for a, b in zip(cuts, [*cuts[1:], size], strict=True) if b > a]
+        with ThreadPoolExecutor(len(ranges)) as pool:
+            lines = list(pool.map(lambda r: _count_lines(descriptor, *r), ranges))
+        if os.pread(descriptor, 1, size - 1) != b"\n":
+            lines[-1] += 1  # a last line without a newline
+        expected = [count - (header and index == 0) for index, count in enumerate(lines)]
+        width = columns - channel.label_size
+        starts = np.cumsum([matrix.rows, *expected]).tolist()
+        matrix.columns = matrix.columns or width
+        if width != matrix.columns:
+            raise DataError(f"{path.name}: {width} feature columns, earlier files {matrix.columns}")
+        matrix.reserve(starts[-1], width)
+
+        def parse(index: int) -> int:
+            part = _Range(descriptor, *ranges[index])
+            reader = _csv_reader(
+                part, columns, header and index == 0, channel, PARALLEL_BLOCK_BYTES
+            )
+            row, limit = starts[index], starts[index + 1]
+            for batch in reader:
+                if row + batch.num_rows > limit:
+                    raise DataError(f"{path.name}: more records than lines")
+                matrix.data[row : row + batch.num_rows] = _to_rows(batch)
+                row += batch.num_rows
+            return row - starts[index]
+
+        with ThreadPoolExecutor(len(ranges)) as pool:
+            found = list(pool.map(parse, range(len(ranges))))
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        raise DataError(_diagnose(path, header, columns)) from None
+    finally:
+        os.close(descriptor)
+    first_line = 1 + int(header)
+    for index, rows in enumerate(found):  # blank lines make a range short: close the gap
+        if rows != expected[index]:
+            matrix.data[matrix.rows : matrix.rows + rows] = matrix.data[
+                starts[index] : starts[index] + rows
+            ].copy()
+        matrix.origins.append((matrix.rows, path.name, first_line))
+        matrix.rows += rows
+        first_line += lines[index] - (header and index == 0)
+
+
 class _Prefixed(io.RawIOBase):
     """A stream with bytes already read from it put back in front."""
 
@@ -327,10 +430,11 @@ def _parquet_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[
 
 
 def _to_rows(batch: pa.RecordBatch) -> np.ndarray:
-    block = np.empty((batch.num_rows, batch.num_columns), np.float32)
-    for index, column in enumerate(batch.columns):
-        block[:, index] = column.to_numpy(zero_copy_only=False)
-    return block
+    """Columns -> row-major float32 rows, missing cells as NaN (in Arrow's C++, fast)."""
+    if any(column.type != pa.float32() for column in batch.schema):
+        columns = [column.cast(pa.float32()) for column in batch.columns]
+        batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+    return np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
 
 
 def _format(path: Path, channel: Channel) -> str:
@@ -379,6 +483,16 @@ def _file_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[Blo
     return _READERS[_format(path, channel)](path, channel, block_bytes)
 
 
+@contextlib.contextmanager
+def _reading(name: str) -> Iterator[None]:
+    """Read errors of any library as one DataError naming the source."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error, pa.ArrowException) as error:
+        detail = getattr(error, "strerror", None) or str(error)
+        raise DataError(f"{name}: cannot be read ({detail})") from None
+
+
 def blocks(
     channel: Channel,
     epoch: int = 0,
@@ -396,7 +510,7 @@ def blocks(
         ]
     columns = None
     for name, source in sources:
-        try:
+        with _reading(name):
             for block in source():
                 columns = columns or block.rows.shape[1]
                 if block.rows.shape[1] != columns:
@@ -405,18 +519,26 @@ def blocks(
                         f"records have {columns}"
                     )
                 yield block
-        except (OSError, EOFError, zlib.error, pa.ArrowException) as error:
-            detail = getattr(error, "strerror", None) or str(error)
-            raise DataError(f"{name}: cannot be read ({detail})") from None
 
 
 def load(channel: Channel) -> np.ndarray:
     """All records of a channel as one C-contiguous float32 array."""
     matrix = Matrix()
-    for block in blocks(channel, block_bytes=LOAD_BLOCK_BYTES):
-        matrix.origins.append((matrix.rows, block.source, block.first_line))
-        matrix.columns = block.rows.shape[1]
-        matrix.append(block.rows)
+    for path in data_files(channel):
+        with _reading(path.name):
+            fmt = _format(path, channel)
+            if fmt == CSV and path.stat().st_size >= PARALLEL_MIN_BYTES and not _is_gzip(path):
+                _load_csv_parallel(path, channel, matrix)
+                continue
+            for block in _READERS[fmt](path, channel, LOAD_BLOCK_BYTES):
+                matrix.columns = matrix.columns or block.rows.shape[1]
+                if block.rows.shape[1] != matrix.columns:
+                    raise DataError(
+                        f"{block.source}: {block.rows.shape[1]} feature columns, but earlier "
+                        f"records have {matrix.columns}"
+                    )
+                matrix.origins.append((matrix.rows, block.source, block.first_line))
+                matrix.append(block.rows)
     data = matrix.finish()
     if data.shape[0] == 0:
         raise DataError(f"channel {channel.name!r} has files but no records")
