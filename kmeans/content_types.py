@@ -31,6 +31,7 @@ class MediaType:
     essence: str
     params: dict[str, str] = field(default_factory=dict)
     quality: float = 1.0
+    text: str = ""  # as written
 
     @classmethod
     def parse(cls, text: str) -> MediaType:
@@ -45,7 +46,7 @@ class MediaType:
         except ValueError:
             quality = 0.0
         essence = essence.strip().lower()
-        return cls(ALIASES.get(essence, essence), params, quality)
+        return cls(ALIASES.get(essence, essence), params, quality, text)
 
 
 def parse_accept(header: str) -> list[MediaType]:

@@ -15,7 +15,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from kmeans import decoders, encoders, model
-from kmeans.content_types import MediaType
+from kmeans.content_types import CSV, MediaType
 from kmeans.environment import Environment
 
 log = logging.getLogger("kmeans.serve")
@@ -54,12 +54,12 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
     @app.post("/invocations")
     def invocations() -> Response:
         started = time.perf_counter()
-        content_type = request.headers.get("Content-Type", "text/csv")
-        request_type = MediaType.parse(content_type).essence
+        media = MediaType.parse(request.headers.get("Content-Type", CSV))
+        request_type = media.essence
         accept = encoders.choose(request.headers.get("Accept", ""), request_type, default_accept)
         body = request.get_data(cache=False)
-        rows = decoders.decode(body, content_type, loaded.feature_dim)
-        labels, distances = model.assign(loaded.estimator, rows)
+        rows = decoders.decode(body, media, loaded.feature_dim)
+        labels, distances = loaded.assign(rows)
         answer = encoders.ENCODERS[accept](labels, distances)
         response = Response(answer, 200, content_type=accept)
         attributes = request.headers.get(CUSTOM_ATTRIBUTES)
