@@ -6,6 +6,7 @@ readers that honour them. Accept headers are ranked by q-value.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 CSV = "text/csv"
@@ -34,6 +35,7 @@ class MediaType:
     text: str = ""  # as written
 
     @classmethod
+    @functools.lru_cache(maxsize=256)  # the same few header values arrive again and again
     def parse(cls, text: str) -> MediaType:
         essence, *rest = text.split(";")
         params = {}
@@ -49,6 +51,7 @@ class MediaType:
         return cls(ALIASES.get(essence, essence), params, quality, text)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_accept(header: str) -> list[MediaType]:
     """Accepted media types, best first (stable for equal q-values); q=0 is dropped."""
     types = [MediaType.parse(part) for part in header.split(",") if part.strip()]

@@ -21,6 +21,7 @@ from kmeans.environment import Environment
 log = logging.getLogger("kmeans.serve")
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+CUSTOM_ATTRIBUTES_KEY = "HTTP_" + CUSTOM_ATTRIBUTES.upper().replace("-", "_")
 
 
 def _error(status: int, message: str) -> Response:
@@ -54,15 +55,16 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
     @app.post("/invocations")
     def invocations() -> Response:
         started = time.perf_counter()
-        media = MediaType.parse(request.headers.get("Content-Type", CSV))
+        environ = request.environ  # plain dict look-ups: this path is paid per record
+        media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
         request_type = media.essence
-        accept = encoders.choose(request.headers.get("Accept", ""), request_type, default_accept)
+        accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
         body = request.get_data(cache=False)
         rows = decoders.decode(body, media, loaded.feature_dim)
         labels, distances = loaded.assign(rows)
         answer = encoders.ENCODERS[accept](labels, distances)
         response = Response(answer, 200, content_type=accept)
-        attributes = request.headers.get(CUSTOM_ATTRIBUTES)
+        attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
         if attributes is not None:
             response.headers[CUSTOM_ATTRIBUTES] = attributes
         log.info(

@@ -358,6 +358,14 @@ def test_a_killed_worker_loses_no_later_request(trained, start_server) -> None:
     assert server.process.poll() is None
 
 
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for init to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_serve_exits_when_nginx_dies(trained, start_server) -> None:
     server = start_server(trained)
     nginx = server.pids()["nginx"]
@@ -365,7 +373,7 @@ def test_serve_exits_when_nginx_dies(trained, start_server) -> None:
     assert server.process.wait(30) != 0
     assert "nginx exited unexpectedly" in server.output()
     time.sleep(0.5)
-    left = [pid for pid in nginx if Path(f"/proc/{pid}").exists()]
+    left = [pid for pid in nginx if alive(pid)]
     assert left == [], "nginx workers outlived their master"
 
 
