@@ -8,6 +8,8 @@ Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 
 import orjson
@@ -22,6 +24,19 @@ log = logging.getLogger("kmeans.serve")
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 CUSTOM_ATTRIBUTES_KEY = "HTTP_" + CUSTOM_ATTRIBUTES.upper().replace("-", "_")
+
+
+def _log_request(
+    records: int, size: int, kind: str, answer: int, answer_kind: str, started: float
+) -> None:
+    """The one line each invocation logs, written straight to stdout: through `logging`
+    it costs a third of what a one-record request costs in all."""
+    elapsed = (time.perf_counter() - started) * 1000
+    sys.stdout.write(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] INFO invocation: {records} "
+        f"records, {size} bytes {kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms\n"
+    )
+    sys.stdout.flush()
 
 
 def _error(status: int, message: str) -> Response:
@@ -67,15 +82,7 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
         attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
         if attributes is not None:
             response.headers[CUSTOM_ATTRIBUTES] = attributes
-        log.info(
-            "invocation: %d records, %d bytes %s -> %d bytes %s in %.1f ms",
-            len(rows),
-            len(body),
-            request_type,
-            len(answer),
-            accept,
-            (time.perf_counter() - started) * 1000,
-        )
+        _log_request(len(rows), len(body), request_type, len(answer), accept, started)
         return response
 
     @app.errorhandler(decoders.DecodeError)

@@ -174,6 +174,14 @@ def test_default_accept_and_custom_attributes(trained, start_server) -> None:
     assert response.headers["Content-Type"] == "application/jsonlines"
     assert response.headers["X-Amzn-SageMaker-Custom-Attributes"] == attributes
     assert len(response.text.split("\n")) == len(ROWS)
+    size = len(CSV_BODY)
+    line = (
+        f"invocation: {len(ROWS)} records, {size} bytes text/csv -> {len(response.content)} bytes"
+    )
+    deadline = time.monotonic() + 5
+    while line not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line in server.output()  # one line per request, with its size and time
 
 
 def test_ping_and_execution_parameters(server) -> None:
