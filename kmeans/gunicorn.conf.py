@@ -5,6 +5,7 @@ loaded once and shared; each worker uses one BLAS thread, since workers already 
 the cores. A `ready` file tells the supervisor a worker is taking requests.
 """
 
+import gc
 import logging
 import os
 import time
@@ -30,6 +31,13 @@ proc_name = "kmeans-serve"
 control_socket_disable = True  # else every server shares one socket in $HOME
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"  # heartbeat files off the disk
+
+
+def when_ready(server):
+    # The preloaded app's objects never die: keep the collector from walking them in
+    # every worker (CPU per request) and from touching their pages (copy-on-write).
+    gc.collect()
+    gc.freeze()
 
 
 def post_fork(server, worker):
