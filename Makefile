@@ -2,7 +2,9 @@
 #   make demo   train on local_test/test_dir, serve, predict payload.csv, stop (image or native)
 #   make test   the test suite (container tests run when a Docker engine is reachable)
 #   make lint   ruff, shellcheck, hadolint
-.PHONY: demo test lint
+#   make bench        ours against the baselines (~15 min on 2 cores): bench/RESULTS.md
+#   make bench-quick  the same code paths, small and short (~1 min): bench/work/RESULTS-quick.md
+.PHONY: demo test lint bench bench-quick
 
 SHELL_SCRIPTS := $(wildcard *.sh local_test/*.sh .ci/*.sh) .ci/run kmeans/entrypoint
 
@@ -19,3 +21,11 @@ lint:
 	.venv/bin/ruff format --check .
 	.venv/bin/shellcheck $(SHELL_SCRIPTS)
 	.venv/bin/hadolint Dockerfile
+
+bench:
+	local_test/bootstrap.sh venv nginx wrk
+	.venv/bin/python bench/run.py
+
+bench-quick:
+	local_test/bootstrap.sh venv nginx wrk
+	.venv/bin/python bench/run.py --quick

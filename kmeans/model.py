@@ -21,7 +21,7 @@ import joblib
 import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.exceptions import InconsistentVersionWarning
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -30,6 +30,7 @@ from kmeans.hyperparameters import Hyperparameters
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "model.json"
+SEED_SAMPLE_ROWS = 100_000  # k-means++ seeds from at most this many rows
 
 
 class ModelError(RuntimeError):
@@ -64,9 +65,28 @@ def build(hp: Hyperparameters) -> BaseEstimator:
 
 def fit(hp: Hyperparameters, features: np.ndarray) -> BaseEstimator:
     """Fit on float32 rows; keep float64 centres so that plain `predict` works on the
-    float64 arrays people load (scikit-learn's predict wants one dtype for both)."""
-    estimator = build(hp).fit(features)
+    float64 arrays people load (scikit-learn's predict wants one dtype for both).
+
+    With one k-means++ seeding (n_init 1 or 'auto') on more than SEED_SAMPLE_ROWS rows,
+    the seeding runs on a random sample of that many rows, as MiniBatchKMeans seeds: on
+    every row it took 2.7 s of a 4.2 s fit of 4 M rows. Lloyd's iterations still use
+    every row."""
+    estimator = build(hp)
     kmeans = kmeans_step(estimator)
+    sampled = (
+        hp.init == "k-means++"
+        and hp.n_init in ("auto", 1)
+        and not hp.standardize
+        and len(features) > SEED_SAMPLE_ROWS
+    )
+    if sampled:
+        rng = np.random.default_rng(hp.seed)
+        rows = np.sort(rng.choice(len(features), SEED_SAMPLE_ROWS, replace=False))
+        centres, _ = kmeans_plusplus(features[rows], hp.k, random_state=hp.seed)
+        kmeans.set_params(init=centres, n_init=1)
+    estimator.fit(features)
+    if sampled:
+        kmeans.set_params(init=hp.init, n_init=hp.n_init)  # the saved model says what was asked
     kmeans.cluster_centers_ = kmeans.cluster_centers_.astype(np.float64)
     return without_in_place_copies(estimator)
 

@@ -3,7 +3,8 @@
 #   venv   .venv with requirements-dev.txt (reinstalled when a requirements file changes)
 #   nginx  the web server in front of `serve` (installed with apt-get when running as root)
 #   curl   what predict.sh sends requests with (likewise)
-# Usage: local_test/bootstrap.sh [venv] [nginx] [curl]   (no argument: all three)
+#   wrk    the load generator of the benchmarks (likewise)
+# Usage: local_test/bootstrap.sh [venv] [nginx] [curl] [wrk]   (no argument: all four)
 # PYTHON names the interpreter for a new .venv (default python3; 3.11 or newer).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,14 +41,15 @@ setup_venv() {
     echo "$want" >"$venv/.requirements"
 }
 
-[[ $# -gt 0 ]] || set -- venv nginx curl
+[[ $# -gt 0 ]] || set -- venv nginx curl wrk
 missing=()
 for part in "$@"; do
     case $part in
         venv) ;;
         nginx) command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx) ;;
         curl) command -v curl >/dev/null || missing+=(curl) ;;
-        *) say "unknown part '$part' (expected venv, nginx, curl)"; exit 2 ;;
+        wrk) command -v wrk >/dev/null || missing+=(wrk) ;;
+        *) say "unknown part '$part' (expected venv, nginx, curl, wrk)"; exit 2 ;;
     esac
 done
 [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"

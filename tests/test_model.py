@@ -44,3 +44,16 @@ def test_the_saved_model_never_changes_the_callers_array() -> None:
     estimator.transform(batch)
     estimator.predict(batch)
     np.testing.assert_array_equal(batch, before)
+
+
+def test_seeding_from_a_sample_finds_the_same_clusters(monkeypatch) -> None:
+    """Above SEED_SAMPLE_ROWS rows k-means++ seeds from a sample; Lloyd uses every row."""
+    centres = RNG.normal(0, 20, (8, 6))
+    data = (centres[RNG.integers(0, 8, 30000)] + RNG.normal(size=(30000, 6))).astype(np.float32)
+    hp = parse({"k": "8"})
+    full = model.fit(hp, data.copy())
+    monkeypatch.setattr(model, "SEED_SAMPLE_ROWS", 2000)
+    sampled = model.fit(hp, data.copy())
+    assert sampled.get_params()["init"] == "k-means++"
+    rows = data.astype(np.float64)
+    assert -sampled.score(rows) == pytest.approx(-full.score(rows), rel=0.01)

@@ -1,0 +1,248 @@
+"""bench/RESULTS.md from the measurements: the conditions, a table per benchmark with
+ours, each baseline and the ratio, the targets met or not, and the hand-written findings
+kept from the previous report (below the FINDINGS marker).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import threadpoolctl
+
+from bench.common import FEATURES, ROOT, TRAIN_HP, WORKERS, K, Mode, median, ratio
+
+FINDINGS = "<!-- FINDINGS: hand-written below this line; bench/run.py keeps it when rewriting -->"
+
+
+def code_state() -> str:
+    """The commit the kmeans/ code was at when the run began (others edit the tree too)."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "kmeans"], capture_output=True, text=True
+    )
+    return f"commit {commit.stdout.strip() or '?'}" + (
+        f", with uncommitted changes in {len(changed.stdout.splitlines())} kmeans/ files"
+        if changed.stdout.strip()
+        else ""
+    )
+
+
+def conditions(mode: Mode, started: float, load_before: float, code: str) -> list[str]:
+    packages = ["numpy", "pandas", "pyarrow", "scikit-learn", "flask", "gunicorn", "orjson"]
+    packages += ["threadpoolctl"]
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in packages)
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name")), "?")
+    kernels = {
+        f"{i['internal_api']} {i.get('architecture') or ''}".strip()
+        for i in threadpoolctl.threadpool_info()
+    }
+    blas_env = ", ".join(
+        f"{name}={os.environ.get(name, 'unset')}"
+        for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    )
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [
+        f"- Mode **{mode.name}**, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{(time.monotonic() - started) / 60:.0f} min in all; code at {code}.",
+        f"- {os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Linux {platform.release()}; "
+        f"load average {load_before:.2f} at the start and {os.getloadavg()[0]:.2f} at the end "
+        "(a shared machine: other engineers' tests run beside, so runs are interleaved).",
+        f"- Python {platform.python_version()}; {versions}; {nginx}; wrk {wrk_version}.",
+        f"- BLAS/OpenMP: {', '.join(sorted(kernels))} ({blas_env}).",
+    ] + (
+        [
+            "- Quick mode keeps the suite working (small data, short runs): its figures are "
+            "not the measure of the targets; the full run's are."
+        ]
+        if mode.name == "quick"
+        else []
+    )
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    def cell(value: object) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return "—"
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows] + [""]
+
+
+def verdict(value: float, target: float, at_most: bool = False) -> str:
+    met = value <= target if at_most else value >= target
+    sign = "≤" if at_most else "≥"
+    return f"{value:.2f} — {'met' if met else '**not met**'} (target {sign} {target:g})"
+
+
+def load_rows(runs: dict[str, list[dict]], key: str, first: list) -> list[list]:
+    """One row per stack: req/s, rows/s (large bodies), p50, p99, ours ÷ this, failures."""
+    rows = []
+    for stack, stack_runs in runs.items():
+        mine = "—" if stack == "ours" else f"{ratio(runs['ours'], stack_runs, key):.2f}"
+        figures = [median(stack_runs, "rps")]
+        figures += [median(stack_runs, "rows")] if key == "rows" else []
+        figures += [median(stack_runs, "p50"), median(stack_runs, "p99")]
+        rows.append([*first, stack, *figures, mine, sum(run["failed"] for run in stack_runs)])
+    return rows
+
+
+def requests_section(mode: Mode, r: dict, summary: list) -> list[str]:
+    out = ["## 1. Single-record requests", ""]
+    out += [
+        f"One CSV row of the blob data ({FEATURES} features; model k = {K}) a request; "
+        f"{WORKERS} gunicorn workers; wrk with 1 thread, {mode.duration} s a run, "
+        f"{mode.repeats} repeats. Checked before the load: {r['agreement']} for ours and "
+        "the naive predictor.",
+        "",
+    ]
+    rows = []
+    for connections in (1, 16):
+        runs = r[f"single-c{connections}"]
+        rows += load_rows(runs, "rps", [connections])
+        for other, target in (("ceiling", 0.85), ("naive", 2)):
+            value = ratio(runs["ours"], runs[other], "rps")
+            summary.append(
+                [
+                    f"1. single record, c={connections}: ours ÷ {other}, req/s",
+                    verdict(value, target),
+                ]
+            )
+    header = ["connections", "stack", "req/s", "p50 ms", "p99 ms", "ours ÷ this", "failed"]
+    out += table(header, rows)
+    out += ["## 2. Large requests", ""]
+    out += [
+        f"{r['rows']:,} records a request: {r['csv_mb']:.2f} MB as text/csv, and the same "
+        f'records as {r["json_mb"]:.2f} MB of application/json (`{{"instances": '
+        f'[{{"features": [...]}}, ...]}}`); {WORKERS} workers, {WORKERS} connections, '
+        f"{mode.duration} s a run, {mode.repeats} repeats. The ceiling reads the body and "
+        "answers a constant: its rows/s is all the stack itself allows.",
+        "",
+    ]
+    rows = []
+    for kind, target in (("csv", 3), ("json", 2)):
+        runs = r[f"large-{kind}"]
+        rows += load_rows(runs, "rows", [kind])
+        value = ratio(runs["ours"], runs["naive"], "rows")
+        summary.append([f"2. large {kind}: ours ÷ naive, rows/s", verdict(value, target)])
+    header = ["body", "stack", "req/s", "rows/s", "p50 ms", "p99 ms", "ours ÷ this", "failed"]
+    return out + table(header, rows)
+
+
+def training_section(mode: Mode, t: dict, summary: list) -> list[str]:
+    out = ["## 3. Training", ""]
+    out += [
+        f"{t['rows']:,} rows of {FEATURES} features, drawn from {K} Gaussian blobs (s.d. 1) around "
+        f"known centres: one {t['file_mb']:,.0f} MB CSV file, read once into the page cache "
+        f"before any timing. Both trainers read the same hyperparameters.json, "
+        f"`{json.dumps(TRAIN_HP)}`: scikit-learn KMeans (lloyd) with the same k-means++ seed. "
+        "Ours fits float32 and the naive trainer float64, so besides the inertia each reports, "
+        "both saved centre sets are re-evaluated by one function (float64, the same file). "
+        "Wall time is the whole process, start to exit; peak RSS is its maximum resident set "
+        f"(wait4). {mode.train_repeats} repeats.",
+        "",
+    ]
+    runs, rows = t["runs"], []
+    for trainer, trainer_runs in runs.items():
+        if "error" in trainer_runs[0]:
+            rows.append([trainer, f"failed: {trainer_runs[0]['error']}", *[""] * 6])
+            continue
+        figures = [median(trainer_runs, key) for key in ("wall", "load", "fit", "peak")]
+        own, evaluated = median(trainer_runs, "inertia"), t["evaluated"][trainer]
+        rows.append([trainer, *figures, t["rows"] / figures[0], f"{own:.6g}", f"{evaluated:.6g}"])
+    header = ["trainer", "wall s", "load s", "fit s", "peak RSS MB", "rows/s (wall)"]
+    header += ["inertia (own)", "inertia (re-evaluated)"]
+    out += table(header, rows)
+    out += [
+        f"The true centres' inertia on the same data: {t['evaluated']['true centres']:.6g}.",
+        "",
+    ]
+    gap = abs(t["evaluated"]["ours"] / t["evaluated"]["naive"] - 1) * 100
+    summary += [
+        [
+            "3. training wall time: ours ÷ naive",
+            verdict(ratio(runs["ours"], runs["naive"], "wall"), 0.5, True),
+        ],
+        [
+            "3. training peak RSS: ours ÷ naive",
+            verdict(ratio(runs["ours"], runs["naive"], "peak"), 0.5, True),
+        ],
+        ["3. inertia: ours vs naive, % apart", verdict(gap, 1, True)],
+    ]
+    streaming = runs.get("ours, streaming")
+    if streaming and "error" not in streaming[0]:
+        value = ratio(streaming, runs["ours"], "peak")
+        summary.append(["3. streaming ÷ full-batch peak RSS (no target)", f"{value:.2f}"])
+    return out
+
+
+def startup_section(mode: Mode, s: dict, summary: list) -> list[str]:
+    out = ["## 4. Start-up and memory", ""]
+    out += [
+        "Seconds from starting the stack to its first 200 from `/ping` (polled every 10 ms); "
+        "then, after single-record load at 16 connections in 1 s rounds until every worker "
+        "holds the model (the naive predictor loads it lazily, per worker; at most 10 "
+        "rounds), memory summed over every process of the "
+        "stack (supervisor, gunicorn master and workers, nginx master and workers): PSS "
+        "counts a shared page once, RSS counts it in every process that maps it. "
+        f"{mode.startup_repeats} repeats.",
+        "",
+    ]
+    rows = []
+    for workers, runs in s.items():
+        for stack, stack_runs in runs.items():
+            figures = [median(stack_runs, key) for key in ("ready", "pss", "rss")]
+            counts = [int(median(stack_runs, key)) for key in ("processes", "with_model")]
+            rows.append([workers, stack, *figures, *counts])
+        for key, what in (("ready", "time to first 200"), ("pss", "PSS")):
+            value = ratio(runs["ours"], runs["naive"], key)
+            summary.append(
+                [f"4. {workers} workers: ours ÷ naive, {what} (no target)", f"{value:.2f}"]
+            )
+    header = ["workers", "stack", "first 200 s", "PSS MB", "RSS MB", "processes"]
+    out += table([*header, "workers holding the model"], rows)
+    extra = {stack: (median(s[4][stack], "pss") - median(s[2][stack], "pss")) / 2 for stack in s[2]}
+    shown = ", ".join(f"{stack} {mb:.1f} MB" for stack, mb in extra.items())
+    return [*out, f"PSS each worker beyond the second adds: {shown}.", ""]
+
+
+def image_section(image: dict, summary: list) -> list[str]:
+    out = ["## 5. Image", ""]
+    if "note" in image:
+        summary.append(["5. image size (no target)", image["note"]])
+        return [*out, image["note"][0].upper() + image["note"][1:] + ".", ""]
+    summary.append(["5. image size (no target)", f"{image['mb']:.0f} MB ({image['tag']})"])
+    out += [f"`{image['tag']}`: {image['mb']:.0f} MB. Its layers (`docker history`):", ""]
+    out += ["```", *image["layers"], "```", "", "Inside it (`du -sk`, KB):", ""]
+    return [*out, "```", *image["du"], "```", ""]
+
+
+def report(mode: Mode, results: dict, header: list[str], old: str) -> str:
+    summary: list[list] = []
+    sections: list[str] = []
+    if "requests" in results:
+        sections += requests_section(mode, results["requests"], summary)
+    if "training" in results:
+        sections += training_section(mode, results["training"], summary)
+    if "startup" in results:
+        sections += startup_section(mode, results["startup"], summary)
+    if "image" in results:
+        sections += image_section(results["image"], summary)
+    out = ["# Benchmark results", "", "Written by `bench/run.py` (see its docstring).", ""]
+    out += [*header, "", "## Targets", "", *table(["target", "measured"], summary), *sections]
+    default = f"{FINDINGS}\n\n## Findings\n\n(none yet)\n"
+    return "\n".join(out) + "\n" + (old[old.index(FINDINGS) :] if FINDINGS in old else default)

@@ -1,0 +1,62 @@
+"""The benchmark suite's quick mode (`bench/run.py --quick`) runs end to end and writes
+every table, so the suite never rots. No time is asserted: a benchmark is a script that
+prints a table. It needs nginx and wrk; without them it is skipped, except in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MISSING = [
+    name
+    for name in ("nginx", "wrk")
+    if shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin") is None
+]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING) and not os.environ.get("CI"),
+    reason=f"not installed: {', '.join(MISSING)} (Debian: apt-get install nginx wrk)",
+)
+
+TABLES = {
+    "## Targets": "| target | measured |",
+    "## 1. Single-record requests": "| connections | stack | req/s | p50 ms | p99 ms |",
+    "## 2. Large requests": "| body | stack | req/s | rows/s | p50 ms | p99 ms |",
+    "## 3. Training": "| trainer | wall s | load s | fit s | peak RSS MB |",
+    "## 4. Start-up and memory": "| workers | stack | first 200 s | PSS MB | RSS MB |",
+}
+ROWS = [
+    "| 1 | ours |",
+    "| 1 | ceiling |",
+    "| 16 | naive |",
+    "| csv | ours |",
+    "| csv | naive |",
+    "| json | ceiling |",
+    "| json | naive |",
+    "| 2 | ours |",
+    "| 4 | naive |",
+]
+
+
+def test_quick_mode_writes_every_table(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)]
+    command += ["--work", str(tmp_path / "work"), "--data", str(tmp_path / "data")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = out.read_text()
+    for heading, header in TABLES.items():
+        section = report.partition(heading)[2]
+        assert section, f"no {heading!r} in the report"
+        assert header in section, f"{heading!r} has no table"
+    for row in ROWS:
+        assert row in report, f"no row {row!r}"
+    trainers = report.partition("## 3. Training")[2].partition("## 4.")[0]
+    for trainer in ("ours", "naive", "ours, streaming"):
+        assert f"| {trainer} | " in trainers, f"no training row for {trainer}"
+    assert "## 5. Image" in report
