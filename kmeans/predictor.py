@@ -7,6 +7,7 @@ Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -26,6 +27,12 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 CUSTOM_ATTRIBUTES_KEY = "HTTP_" + CUSTOM_ATTRIBUTES.upper().replace("-", "_")
 
 
+@functools.lru_cache(maxsize=2)
+def _stamp(second: int) -> str:
+    """The line prefix, made once a second: formatting the time is the line's dearest part."""
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(second))} [{os.getpid()}]"
+
+
 def _log_request(
     records: int, size: int, kind: str, answer: int, answer_kind: str, started: float
 ) -> None:
@@ -33,8 +40,8 @@ def _log_request(
     it costs a third of what a one-record request costs in all."""
     elapsed = (time.perf_counter() - started) * 1000
     sys.stdout.write(
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] INFO invocation: {records} "
-        f"records, {size} bytes {kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms\n"
+        f"{_stamp(int(time.time()))} INFO invocation: {records} records, {size} bytes "
+        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms\n"
     )
     sys.stdout.flush()
 
