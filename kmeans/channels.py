@@ -183,6 +183,13 @@ class Matrix:
         return f"row {row + 1}"
 
 
+def _same_width(expected: int | None, width: int, source: str) -> int:
+    """Every record of a channel has the same feature count: the first source sets it."""
+    if expected is not None and width != expected:
+        raise DataError(f"{source}: {width} feature columns, but earlier records have {expected}")
+    return width
+
+
 def _is_gzip(path: Path) -> bool:
     with path.open("rb") as probe:
         return probe.read(2) == GZIP_MAGIC
@@ -238,6 +245,13 @@ def _diagnose(path: Path, header: bool, columns: int) -> str:
     return f"{path.name}: could not be read as CSV"
 
 
+def _numbered(batches: Iterator[pa.RecordBatch], source: str, first_line: int) -> Iterator[Block]:
+    """Arrow batches as blocks of rows, each with the source line of its first row."""
+    for batch in batches:
+        yield Block(source, first_line, _to_rows(batch))
+        first_line += batch.num_rows
+
+
 def _csv_reader(source: object, columns: int, header: bool, channel: Channel, block_bytes: int):
     names = [f"c{i}" for i in range(columns)]
     return pacsv.open_csv(
@@ -259,10 +273,7 @@ def _csv_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[Bloc
     try:
         source = pa.input_stream(str(path), compression=compression)
         reader = _csv_reader(source, columns, header, channel, block_bytes)
-        first_line = 1 + int(header)
-        for batch in reader:
-            yield Block(path.name, first_line, _to_rows(batch))
-            first_line += batch.num_rows
+        yield from _numbered(reader, path.name, 1 + int(header))
     except (pa.ArrowInvalid, UnicodeDecodeError):
         raise DataError(_diagnose(path, header, columns)) from None
 
@@ -322,11 +333,10 @@ def _load_csv_parallel(path: Path, channel: Channel, matrix: Matrix) -> None:
         if os.pread(descriptor, 1, size - 1) != b"\n":
             lines[-1] += 1  # a last line without a newline
         expected = [count - (header and index == 0) for index, count in enumerate(lines)]
-        width = columns - channel.label_size
+        width = matrix.columns = _same_width(
+            matrix.columns, columns - channel.label_size, path.name
+        )
         starts = np.cumsum([matrix.rows, *expected]).tolist()
-        matrix.columns = matrix.columns or width
-        if width != matrix.columns:
-            raise DataError(f"{path.name}: {width} feature columns, earlier files {matrix.columns}")
         matrix.reserve(starts[-1], width)
 
         def parse(index: int) -> int:
@@ -403,9 +413,9 @@ def _pipe_blocks(
         reader = _csv_reader(source, columns, header, channel, block_bytes)
         first_line = 1 + int(header)
         try:
-            for batch in reader:
-                yield Block(fifo.name, first_line, _to_rows(batch))
-                first_line += batch.num_rows
+            for block in _numbered(reader, fifo.name, first_line):
+                first_line = block.first_line + len(block.rows)
+                yield block
         except pa.ArrowInvalid as error:
             raise DataError(f"{fifo.name} near line {first_line}: {error}") from None
 
@@ -422,11 +432,8 @@ def _parquet_blocks(path: Path, channel: Channel, block_bytes: int) -> Iterator[
             raise DataError(
                 f"{path.name}: column {column.name!r} has type {column.type}, expected numbers"
             )
-    first_line = 1
     batch_rows = max(1024, block_bytes // (4 * max(1, len(kept))))
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=kept):
-        yield Block(path.name, first_line, _to_rows(batch))
-        first_line += batch.num_rows
+    yield from _numbered(parquet.iter_batches(batch_size=batch_rows, columns=kept), path.name, 1)
 
 
 def _to_rows(batch: pa.RecordBatch) -> np.ndarray:
@@ -512,12 +519,7 @@ def blocks(
     for name, source in sources:
         with _reading(name):
             for block in source():
-                columns = columns or block.rows.shape[1]
-                if block.rows.shape[1] != columns:
-                    raise DataError(
-                        f"{block.source}: {block.rows.shape[1]} feature columns, but earlier "
-                        f"records have {columns}"
-                    )
+                columns = _same_width(columns, block.rows.shape[1], block.source)
                 yield block
 
 
@@ -531,12 +533,7 @@ def load(channel: Channel) -> np.ndarray:
                 _load_csv_parallel(path, channel, matrix)
                 continue
             for block in _READERS[fmt](path, channel, LOAD_BLOCK_BYTES):
-                matrix.columns = matrix.columns or block.rows.shape[1]
-                if block.rows.shape[1] != matrix.columns:
-                    raise DataError(
-                        f"{block.source}: {block.rows.shape[1]} feature columns, but earlier "
-                        f"records have {matrix.columns}"
-                    )
+                matrix.columns = _same_width(matrix.columns, block.rows.shape[1], block.source)
                 matrix.origins.append((matrix.rows, block.source, block.first_line))
                 matrix.append(block.rows)
     data = matrix.finish()

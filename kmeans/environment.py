@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUNTIME_DIR_VARIABLE = "SAGE_KMEANS_RUNTIME_DIR"
+EXIT_NO_MODEL = 3  # gunicorn's exit when the model cannot be loaded (it has said why)
 
 
 class SettingError(ValueError):
@@ -104,7 +105,6 @@ class Environment:
     timeout: int = 60
     max_payload_mb: int = 6
     default_accept: str = ""
-    batch: bool = False
     training_job_name: str = ""
     pipe_wait_seconds: float = 60.0  # how long to wait for the next Pipe-mode FIFO
     checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
@@ -126,7 +126,6 @@ class Environment:
             timeout=_int(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60, 1),
             max_payload_mb=_int(env, ("SAGEMAKER_MAX_PAYLOAD_IN_MB",), 6, 1),
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip(),
-            batch=env.get("SAGEMAKER_BATCH", "").strip().lower() == "true",
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
             pipe_wait_seconds=_seconds(env, "SAGE_KMEANS_PIPE_WAIT_SECONDS", 60.0),
             checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),

@@ -171,7 +171,9 @@ def squared_distance_sum(estimator: BaseEstimator, features: np.ndarray) -> floa
     return total
 
 
-def _write_atomically(folder: Path, name: str, write: Callable[[Path], None]) -> Path:
+def write_temporary(folder: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """A file fully written under a hidden temporary name beside `name`, for the caller
+    to rename into place (an atomic rename: never a half-written file)."""
     handle, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
     os.close(handle)
     try:
@@ -189,13 +191,13 @@ def save(folder: Path, estimator: BaseEstimator, metadata: dict[str, Any]) -> No
     metadata = {**metadata, "versions": versions()}
     temporary = [
         (
-            _write_atomically(
+            write_temporary(
                 folder, MODEL_FILE, lambda path: joblib.dump(estimator, path, protocol=5)
             ),
             MODEL_FILE,
         ),
         (
-            _write_atomically(
+            write_temporary(
                 folder,
                 METADATA_FILE,
                 lambda path: path.write_text(json.dumps(metadata, indent=2) + "\n"),

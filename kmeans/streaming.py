@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,14 +89,8 @@ def load_checkpoint(folder: Path, hp: Hyperparameters) -> State | None:
 
 
 def save_checkpoint(folder: Path, state: State) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=".checkpoint.", dir=folder)
-    os.close(handle)
-    try:
-        joblib.dump(state, temporary)
-        os.replace(temporary, folder / CHECKPOINT_FILE)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    written = model.write_temporary(folder, CHECKPOINT_FILE, lambda path: joblib.dump(state, path))
+    os.replace(written, folder / CHECKPOINT_FILE)
     log.info("checkpoint saved: epoch %d, %d rows into it", state.epoch, state.rows_done)
 
 
@@ -159,9 +152,7 @@ class Trainer:
         if fresh:  # the first chunk picks the centres: score it after, not before
             kmeans.partial_fit(chunk)
         if last_pass or measure:
-            distances = kmeans.transform(chunk)
-            labels = distances.argmin(axis=1)
-            nearest = distances[np.arange(len(labels)), labels].astype(np.float64)
+            labels, nearest = model.assign(kmeans, chunk)
             ssd = float(nearest @ nearest)
             msd = ssd / len(chunk)
             if last_pass:

@@ -25,14 +25,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kmeans.environment import RUNTIME_DIR_VARIABLE, Environment, SettingError
+from kmeans.environment import EXIT_NO_MODEL, RUNTIME_DIR_VARIABLE, Environment, SettingError
 
 log = logging.getLogger("kmeans.serve")
 
 PACKAGE = Path(__file__).resolve().parent
 START_TIMEOUT = 300  # SageMaker fails an endpoint whose /ping does not pass in minutes
 STOP_TIMEOUT = 25  # SageMaker sends SIGKILL 30 s after SIGTERM
-EXIT_NO_MODEL = 3  # kmeans/wsgi.py has already said why
 
 
 def _die_with_parent(signum: int) -> Callable[[], None] | None:

@@ -9,10 +9,8 @@ import logging
 import sys
 
 from kmeans import model
-from kmeans.environment import Environment
+from kmeans.environment import EXIT_NO_MODEL, Environment
 from kmeans.predictor import create_app
-
-EXIT_NO_MODEL = 3
 
 logging.basicConfig(
     level=logging.INFO,

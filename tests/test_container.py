@@ -83,6 +83,13 @@ def fresh_test_dir(parent: Path) -> Path:
     return target
 
 
+def run_with_opt_ml(image: str, base: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`docker run IMAGE` with no command, `base` mounted as /opt/ml (SDK v3 local mode)."""
+    return docker(
+        "run", "--rm", "--network", "host", "-v", f"{base}:/opt/ml", image, timeout=timeout
+    )
+
+
 def train(image: str, base: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(ROOT / "local_test" / "train_local.sh"), image, str(base)],
@@ -176,7 +183,7 @@ def test_serve_predicts_and_stops_cleanly(image: str, trained, user: str) -> Non
 
 def test_no_argument_trains_when_a_training_config_is_mounted(image: str, tmp_path: Path) -> None:
     base = fresh_test_dir(tmp_path)
-    result = docker("run", "--rm", "--network", "host", "-v", f"{base}:/opt/ml", image, timeout=600)
+    result = run_with_opt_ml(image, base, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "so: train" in result.stderr
     assert (base / "model" / "model.joblib").is_file()
@@ -184,16 +191,7 @@ def test_no_argument_trains_when_a_training_config_is_mounted(image: str, tmp_pa
 
 def test_no_argument_serves_otherwise(image: str, tmp_path: Path) -> None:
     """No config: it serves; with no model either, serve says so in one line and exits."""
-    result = docker(
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        "-v",
-        f"{tmp_path}:/opt/ml",
-        image,
-        timeout=120,
-    )
+    result = run_with_opt_ml(image, tmp_path, timeout=120)
     assert result.returncode != 0
     assert "so: serve" in result.stderr
     assert "model" in result.stderr.strip().splitlines()[-1]
@@ -254,16 +252,7 @@ def test_doors_run_whatever_the_checkout_did_to_them(image: str, tmp_path: Path)
         )
         assert modes.stdout.split()[::2] == ["755", "755", "755"], modes.stderr
         base = fresh_test_dir(tmp_path)
-        result = docker(
-            "run",
-            "--rm",
-            "--network",
-            "host",
-            "-v",
-            f"{base}:/opt/ml",
-            tag,
-            timeout=600,
-        )
+        result = run_with_opt_ml(tag, base, timeout=600)
         assert result.returncode == 0, result.stderr
         assert (base / "model" / "model.joblib").is_file()
     finally:
