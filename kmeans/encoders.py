@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc  # loaded before the workers fork: shared, and no first-use wait
 
 from kmeans import recordio
 from kmeans.content_types import CSV, JSON, JSONLINES, RECORDIO, parse_accept
@@ -57,9 +59,6 @@ def _text_rows(
             for label, distance in zip(labels.tolist(), distance_texts, strict=True)
         )
         return b"".join((head, rows[:-1], tail))
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     # Each distance's text runs to the separator after it (`,` or the closing `]`),
     # which becomes end's first byte; the rest of `end` is joined on after it.
     offsets = np.empty(len(labels) + 1, np.int64)
