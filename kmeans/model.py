@@ -157,7 +157,7 @@ class Assigner:
             scores = rows[start : start + block] @ self.minus_2_centres_t
             scores += self.centre_norms
             labels[start : start + block] = scores.argmin(axis=1)
-        differences = self.centres[labels]
+        differences = self.centres.take(labels, axis=0)
         np.subtract(rows, differences, out=differences)
         return labels, np.sqrt(np.einsum("ij,ij->i", differences, differences))
 
