@@ -245,8 +245,8 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def ratio(ours: list[dict], other: list[dict], key: str) -> float:
-    """The median of the paired ratios (a run with nothing done counts as infinitely slow)."""
-    return statistics.median(
-        a[key] / b[key] if b[key] else math.inf if a[key] else math.nan
-        for a, b in zip(ours, other, strict=True)
-    )
+    """The median of the paired ratios; not a number if a run finished no request."""
+    pairs = list(zip(ours, other, strict=True))
+    if not all(a[key] and b[key] for a, b in pairs):
+        return math.nan
+    return statistics.median(a[key] / b[key] for a, b in pairs)

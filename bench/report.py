@@ -84,6 +84,8 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def verdict(value: float, target: float, at_most: bool = False) -> str:
+    if math.isnan(value):
+        return "**not measured**: a run finished no request (make the runs longer)"
     met = value <= target if at_most else value >= target
     sign = "≤" if at_most else "≥"
     return f"{value:.2f} — {'met' if met else '**not met**'} (target {sign} {target:g})"
@@ -93,7 +95,7 @@ def load_rows(runs: dict[str, list[dict]], key: str, first: list) -> list[list]:
     """One row per stack: req/s, rows/s (large bodies), p50, p99, ours ÷ this, failures."""
     rows = []
     for stack, stack_runs in runs.items():
-        mine = "—" if stack == "ours" else f"{ratio(runs['ours'], stack_runs, key):.2f}"
+        mine = "—" if stack == "ours" else ratio(runs["ours"], stack_runs, key)
         figures = [median(stack_runs, "rps")]
         figures += [median(stack_runs, "rows")] if key == "rows" else []
         figures += [median(stack_runs, "p50"), median(stack_runs, "p99")]

@@ -285,6 +285,7 @@ def main() -> int:
         "--only", default="requests,training,startup,image", help="benchmarks to run"
     )
     args = parser.parse_args()
+    args.work, args.data = args.work.resolve(), args.data.resolve()  # jobs run from /
     mode = QUICK if args.quick else FULL
     mode = replace(
         mode, duration=args.duration or mode.duration, repeats=args.repeats or mode.repeats
