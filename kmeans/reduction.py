@@ -183,6 +183,20 @@ class Partial:
     far_rows: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
     far_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
+    @property
+    def nbytes(self) -> int:
+        """The numbers it carries (the wire adds a small, fixed framing)."""
+        arrays = (self.sums, self.counts, self.far_distances, self.far_rows, self.far_labels)
+        return 16 + sum(array.nbytes for array in arrays if array is not None)
+
+
+@dataclass
+class Costs:
+    """What each Lloyd iteration took: seconds, and bytes sent to and from the hosts."""
+
+    seconds: list[float] = field(default_factory=list)
+    payload: list[int] = field(default_factory=list)
+
 
 def _partial(
     rows: np.ndarray, centres: np.ndarray, sums: bool, far: int, previous: np.ndarray | None
@@ -411,28 +425,29 @@ def _relocate_empty(step: Partial) -> None:
 
 
 def _lloyd(
-    cluster: Cluster, centres: np.ndarray, tolerance: float, max_iter: int, times: list[float]
+    cluster: Cluster, centres: np.ndarray, tolerance: float, max_iter: int, costs: Costs
 ) -> tuple[np.ndarray, int]:
-    """Iterate from `centres` until scikit-learn's rule stops; each iteration's seconds
-    go to `times`."""
+    """Iterate from `centres` until scikit-learn's rule stops."""
     k = len(centres)
     for iteration in range(1, max_iter + 1):
         started = time.perf_counter()
-        step = merge(cluster.on_every_host(lloyd_step, centres, iteration == 1, k), k, k)
+        partials = cluster.on_every_host(lloyd_step, centres, iteration == 1, k)
+        step = merge(partials, k, k)
+        costs.payload.append(sum(p.nbytes for p in partials) + centres.nbytes * len(partials))
         _relocate_empty(step)
         filled = step.counts > 0
         updated = centres.copy()
         updated[filled] = step.sums[filled] / step.counts[filled, None]
         shift = float(((updated - centres) ** 2).sum())
         centres = updated
-        times.append(time.perf_counter() - started)
+        costs.seconds.append(time.perf_counter() - started)
         log.info(
             "iteration %d: inertia %.6g, %d labels changed, centre shift %.3g (%.3f s)",
             iteration,
             step.inertia,
             step.changed,
             shift,
-            times[-1],
+            costs.seconds[-1],
         )
         if step.changed == 0 or shift <= tolerance:
             break
@@ -469,14 +484,14 @@ def fit_full_batch(
     rows_by_host = [share["rows"] for share in shares]
     wanted = min(rows, model.SEED_SAMPLE_ROWS)
     best: tuple[float, np.ndarray, int, np.ndarray] | None = None
-    times: list[float] = []
+    costs = Costs()
     runs = _runs(hp, auto_random=10)
     for run in range(runs):
         counts = _sample_counts(hosts, rows_by_host, wanted)
         samples = cluster.on_every_host(sample, counts, hp.seed + run)
         seed_sample = np.concatenate([rows for rows in samples if len(rows)], dtype=np.float64)
         centres, iterations = _lloyd(
-            cluster, _seed(hp, seed_sample, run), tolerance, hp.max_iter, times
+            cluster, _seed(hp, seed_sample, run), tolerance, hp.max_iter, costs
         )
         final = merge(cluster.on_every_host(assign_step, centres), hp.k)
         if runs > 1:
@@ -497,8 +512,9 @@ def fit_full_batch(
             "cluster": round(cluster.startup_seconds, 3),
             "load": round(load_seconds, 3),
             "fit": round(time.perf_counter() - fit_started, 3),
-            "per_iteration": round(float(np.median(times)), 4),
+            "per_iteration": round(float(np.median(costs.seconds)), 4),
         },
+        "bytes_per_iteration": int(np.median(costs.payload)),
     }
 
 
@@ -616,7 +632,7 @@ def _best_seed(hp: Hyperparameters, sample: np.ndarray) -> np.ndarray:
 def _progress(epoch: int, epochs: int, seen: int, started: float, ssd: float, done=False):
     elapsed = max(time.monotonic() - started, 1e-9)
     log.info(
-        "epoch %d/%d%s: %d rows on all hosts, %.0f rows/s, msd %.6g",
+        "epoch %d/%d%s: %d rows on all hosts, %.0f rows/s, msd of its batches %.6g",
         epoch + 1,
         epochs,
         " done" if done else "",
