@@ -36,6 +36,7 @@ log = logging.getLogger("kmeans.train")
 SCHEDULER_PORT = 8786
 WORKER_PORTS = (8788, 8795)  # each host's worker takes the first free one
 POLL_SECONDS = 0.2
+OUTCOME_SECONDS = 10.0
 DEFAULT_HOST = "algo-1"
 
 
@@ -311,13 +312,24 @@ class Cluster:
                 future.release()
 
     def tell_outcome(self, code: int, reason: str) -> None:
-        """Leader: tell every follower the job is over: 0 and '', or why it failed."""
+        """Leader: tell every follower the job is over: 0 and '', or why it failed. Waits
+        OUTCOME_SECONDS at most: a follower that is itself stopping would hold Dask's
+        connection retries for half a minute; it learns of the end when the leader goes."""
         if self._client is None:
             return
-        with contextlib.suppress(Exception):  # only those still there: a lost one would stall
-            followers = [a for n, a in self._joined().items() if n != self.hosts.leader]
-            if followers:
-                self._client.run(_receive_outcome, code, reason, workers=followers)
+
+        def tell() -> None:
+            with contextlib.suppress(Exception):
+                joined = self._joined()
+                followers = [
+                    address for name, address in joined.items() if name != self.hosts.leader
+                ]
+                if followers:
+                    self._client.run(_receive_outcome, code, reason, workers=followers)
+
+        sender = threading.Thread(target=tell, name="outcome", daemon=True)
+        sender.start()
+        sender.join(OUTCOME_SECONDS)
 
     def await_outcome(self) -> tuple[int, str]:
         """Follower: block until the leader says the job is over: its code and reason."""

@@ -51,7 +51,7 @@ class _Here:
     """What this host holds between the leader's requests."""
 
     hosts: Hosts = field(default_factory=Hosts)
-    channels: dict[str, channels.Channel] = field(default_factory=dict)
+    found: dict[str, channels.Channel] = field(default_factory=dict)  # the job's channels
     pipe_wait_seconds: float = 60.0
     data: np.ndarray | None = None  # this host's training rows, float32
     labels: np.ndarray | None = None  # their clusters in the previous iteration
@@ -68,7 +68,7 @@ def prepare(hosts: Hosts, found: dict[str, channels.Channel], pipe_wait_seconds:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # one BLAS thread per block: the blocks run in parallel
-    HERE.hosts, HERE.channels, HERE.pipe_wait_seconds = hosts, found, pipe_wait_seconds
+    HERE.hosts, HERE.found, HERE.pipe_wait_seconds = hosts, found, pipe_wait_seconds
 
 
 def _blockwise(function: Any, count: int) -> list[Any]:
@@ -81,7 +81,7 @@ def _blockwise(function: Any, count: int) -> list[Any]:
 def load_share(channel_name: str) -> dict[str, Any]:
     """Load this host's share of a File-mode channel into memory."""
     started = time.perf_counter()
-    channel = HERE.channels[channel_name]
+    channel = HERE.found[channel_name]
     parts = channels.share(channel, HERE.hosts.index, HERE.hosts.count)
     HERE.data = channels.load(channel, parts)
     HERE.labels = None
@@ -271,7 +271,7 @@ def assign_step(centres: np.ndarray) -> Partial:
 
 def score_share(estimator: BaseEstimator, channel_name: str, features: int) -> tuple[float, int]:
     """Sum of squared distances and rows of this host's share of a channel."""
-    channel = HERE.channels[channel_name]
+    channel = HERE.found[channel_name]
     total, rows = 0.0, 0
     for block in _pass(channel, 0):
         channels.check_block(block)
@@ -299,7 +299,7 @@ def _pass(channel: channels.Channel, epoch: int) -> Iterator[channels.Block]:
 
 def open_pass(channel_name: str, epoch: int) -> None:
     """Start reading this host's share of the channel (or its FIFO) for pass `epoch`."""
-    found = _pass(HERE.channels[channel_name], epoch)
+    found = _pass(HERE.found[channel_name], epoch)
 
     def rows() -> Iterator[np.ndarray]:
         for block in found:
