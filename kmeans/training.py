@@ -41,6 +41,12 @@ class _StopRequest:
 _STOP = _StopRequest()
 
 
+def _done() -> None:
+    """The model is saved: a SIGTERM now (SageMaker local mode stops every container once
+    one exits) must not turn a finished job into a failed one."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     _STOP.requested = True
     if not _STOP.deferred:
@@ -196,6 +202,7 @@ def _across_hosts(
             code, reason = cluster.await_outcome()
             if code:
                 raise hosts.HostError(reason, code)
+            _done()
             log.info("host %s: the leader %s saved the model; done", job.current, job.leader)
             return None
         try:
@@ -265,6 +272,7 @@ def _finish(
     )
     (paths.output_data / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     model.save(paths.model, estimator, metadata)
+    _done()
     log.info(
         "model saved to %s; %.2f s in all, peak memory %.0f MB",
         paths.model,
