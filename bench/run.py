@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import joblib
 import numpy as np
 
-from bench import data, report
+from bench import data, distributed, report
 from bench.common import (
     BENCH,
     FEATURES,
@@ -282,7 +282,9 @@ def main() -> int:
     parser.add_argument("--duration", type=int, help="seconds a wrk run (overrides the mode)")
     parser.add_argument("--repeats", type=int, help="wrk repeats (overrides the mode)")
     parser.add_argument(
-        "--only", default="requests,training,startup,image", help="benchmarks to run"
+        "--only",
+        default="requests,training,startup,image,distributed",
+        help="benchmarks to run",
     )
     args = parser.parse_args()
     args.work, args.data = args.work.resolve(), args.data.resolve()  # jobs run from /
@@ -315,6 +317,7 @@ def main() -> int:
         lambda: [bench_training(mode, args.work, args.data, s) for s in mode.train_sets],
     )
     step("image", bench_image)
+    step("distributed", lambda: distributed.bench(mode, args.work, args.data))
     raw = args.work / f"results-{mode.name}.json"  # every repeat, for a closer look
     raw.write_text(json.dumps(results, indent=1, default=str))
     old = out.read_text() if out.exists() else ""

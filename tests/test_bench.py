@@ -30,6 +30,7 @@ TABLES = {
     "## 3.1 Training: 100,000 x 32, k = 16": "| trainer | wall s | load s | fit s | peak RSS MB |",
     "## 3.2 Training: 50,000 x 24, k = 12": "| trainer | wall s | load s | fit s | peak RSS MB |",
     "## 4. Start-up and memory": "| workers | stack | first 200 s | PSS MB | RSS MB |",
+    "## Training across hosts": "| hosts | wall s | cluster start s |",
 }
 ROWS = [
     "| 1 | ours |",
@@ -78,3 +79,7 @@ def test_quick_mode_writes_every_table(tmp_path: Path) -> None:
     ):
         assert f"| {target} | " in targets, f"no target {target!r}"
     assert "## 5. Image" in report
+    across = report.partition("## Training across hosts")[2]
+    for hosts in (1, 2, 4):
+        assert f"\n| {hosts} | " in across, f"no row for {hosts} training hosts"
+    assert "| full | " in across and "| quarter | " in across
