@@ -1,7 +1,7 @@
 """The benchmark suite (issue 5): ours against its baselines, side by side, in one run.
 
-    python bench/run.py            full run (~25 min), writes bench/RESULTS.md
-    python bench/run.py --quick    same code paths, small data, short runs (CI, ~2 min)
+    python bench/run.py            full run (~30 min), writes bench/RESULTS.md
+    python bench/run.py --quick    same code paths, small data, short runs (CI, ~3 min)
 
 Benchmarks: single-record and ~6 MB requests of 32-feature rows and of 4-feature rows
 (CSV, JSON, JSON Lines; wrk on loopback against `serve`, the stack ceiling and the naive
