@@ -37,9 +37,11 @@ ENV PATH=/opt/program/kmeans:/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/program
 # The code last, so editing it rebuilds only this layer. The doors are made executable
-# and LF whatever the checkout did to them (git file mode, Windows line endings).
+# and LF whatever the checkout did to them (git file mode, Windows line endings); the
+# modules are compiled now, since PYTHONDONTWRITEBYTECODE would have every start do it.
 COPY kmeans kmeans
 RUN sed -i 's/\r$//' kmeans/train kmeans/serve kmeans/entrypoint \
-    && chmod 755 kmeans/train kmeans/serve kmeans/entrypoint
+    && chmod 755 kmeans/train kmeans/serve kmeans/entrypoint \
+    && /opt/venv/bin/python -m compileall -q kmeans
 # `train` or `serve` as SageMaker passes them; no argument: see kmeans/entrypoint.
 ENTRYPOINT ["/opt/program/kmeans/entrypoint"]

@@ -2,8 +2,8 @@
 #   make demo   train on local_test/test_dir, serve, predict payload.csv, stop (image or native)
 #   make test   the test suite (container tests run when a Docker engine is reachable)
 #   make lint   ruff, shellcheck, hadolint
-#   make bench        ours against the baselines (~15 min on 2 cores): bench/RESULTS.md
-#   make bench-quick  the same code paths, small and short (~1 min): bench/work/RESULTS-quick.md
+#   make bench        ours against the baselines (~30 min on 2 cores): bench/RESULTS.md
+#   make bench-quick  the same code paths, small and short (~3 min): bench/work/RESULTS-quick.md
 .PHONY: demo test lint bench bench-quick
 
 SHELL_SCRIPTS := $(wildcard *.sh local_test/*.sh .ci/*.sh) .ci/run kmeans/entrypoint

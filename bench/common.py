@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import http.client
 import json
+import math
 import os
 import signal
 import socket
@@ -24,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 FEATURES, K, SEED, SERVE_ROWS, WORKERS, LARGE_LIMIT = 32, 16, 0, 50_000, 2, 6_000_000
+NARROW_FEATURES, NARROW_ROWS = 4, 300_000  # payload.csv's width: the per-row costs show
+PAYLOAD_MB = 10  # the request benchmarks' body limit: narrow JSON of 6 MB of CSV is 9 MB
 STACKS = {  # name -> command (ours is the real door; baselines run through our supervisor)
     "ours": [sys.executable, str(ROOT / "kmeans" / "serve")],
     "ceiling": [sys.executable, "-m", "bench.launch", "bench.ceiling_app:app"],
@@ -40,18 +43,26 @@ TRAIN_HP = {
 
 
 @dataclass(frozen=True)
+class TrainSet:
+    rows: int
+    features: int
+    k: int
+
+
+@dataclass(frozen=True)
 class Mode:
     name: str
     duration: int  # seconds of each wrk run
     repeats: int
-    train_rows: int
+    train_sets: tuple[TrainSet, ...]
     train_repeats: int
     startup_repeats: int
     mini_batch_size: int  # for the streaming row (issue 6)
 
 
-FULL = Mode("full", 10, 5, 4_000_000, 3, 5, 50_000)
-QUICK = Mode("quick", 2, 1, 100_000, 1, 1, 10_000)
+# Training: a 947 MB CSV (4 M x 32, k = 16) and a narrower 489 MB one (2 M x 24, k = 12).
+FULL = Mode("full", 10, 5, (TrainSet(4_000_000, 32, 16), TrainSet(2_000_000, 24, 12)), 3, 5, 50_000)
+QUICK = Mode("quick", 2, 1, (TrainSet(100_000, 32, 16), TrainSet(50_000, 24, 12)), 1, 1, 10_000)
 failures: list[str] = []
 
 
@@ -83,7 +94,7 @@ def status(url: str, path: str = "/ping") -> int | None:
 class Server:
     """One serving stack on a loopback port; `ready` is seconds from start to first 200."""
 
-    def __init__(self, stack: str, base: Path, logs: Path, workers: int) -> None:
+    def __init__(self, stack: str, base: Path, logs: Path, workers: int, payload_mb: int) -> None:
         self.stack, self.port = stack, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -92,6 +103,7 @@ class Server:
             "SAGEMAKER_BIND_TO_HOST": "127.0.0.1",
             "SAGEMAKER_BIND_TO_PORT": str(self.port),
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers),
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(payload_mb),
         }
         logs.mkdir(parents=True, exist_ok=True)
         log = (logs / f"{stack}-{workers}w-{self.port}.log").open("ab")
@@ -160,11 +172,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(stacks: list[str], base: Path, logs: Path, workers: int) -> Iterator[dict]:
+def serving(
+    stacks: list[str], base: Path, logs: Path, workers: int, payload_mb: int = 6
+) -> Iterator[dict]:
     servers: dict[str, Server] = {}
     try:
         for stack in stacks:
-            servers[stack] = Server(stack, base, logs, workers)
+            servers[stack] = Server(stack, base, logs, workers, payload_mb)
         yield servers
     finally:
         for server in servers.values():
@@ -198,6 +212,7 @@ def run_measured(command: list[str], env: dict, timeout: float) -> tuple[float, 
 
 
 def wrk(url: str, body: Path, content_type: str, connections: int, seconds: int) -> dict:
+    """req/s, p50 and p99 ms of POSTing `body` for `seconds`; answered in kind (no Accept)."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
     command += ["-s", str(BENCH / "wrk.lua"), url + "/invocations"]
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_TYPE": content_type}
@@ -230,4 +245,8 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def ratio(ours: list[dict], other: list[dict], key: str) -> float:
-    return statistics.median(a[key] / b[key] for a, b in zip(ours, other, strict=True))
+    """The median of the paired ratios; not a number if a run finished no request."""
+    pairs = list(zip(ours, other, strict=True))
+    if not all(a[key] and b[key] for a, b in pairs):
+        return math.nan
+    return statistics.median(a[key] / b[key] for a, b in pairs)

@@ -3,11 +3,13 @@
 Files are written once per size under the data folder (bench/data/, git-ignored) and
 reused; the name carries rows, features, k and seed, and a file appears only complete.
 Values have four decimals, about 250 bytes a row of 32 features: 4 M rows make ~1 GB.
+Request bodies hold a file's first records as CSV, JSON and JSON Lines.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,21 +55,29 @@ def first_lines(path: Path, count: int) -> list[bytes]:
     return lines
 
 
+def csv_body(lines: list[bytes]) -> bytes:
+    return b"\n".join(lines) + b"\n"
+
+
 def json_body(lines: list[bytes]) -> bytes:
     """The same records as SageMaker K-Means JSON: {"instances": [{"features": [...]}]}."""
     records = b",".join(b'{"features":[' + line + b"]}" for line in lines)
     return b'{"instances":[' + records + b"]}"
 
 
-def large_bodies(path: Path, limit: int) -> tuple[bytes, bytes, int]:
-    """CSV and JSON bodies of the same records, the JSON one just under `limit` bytes."""
-    lines = first_lines(path, limit // 100)
-    per_row = len(json_body(lines[:1000])) / 1000
-    count = min(len(lines), int(limit / per_row))
-    while len(json_body(lines[:count])) > limit:
-        count -= 100
-    chosen = lines[:count]
-    return b"\n".join(chosen) + b"\n", json_body(chosen), count
+def jsonlines_body(lines: list[bytes]) -> bytes:
+    """The same records as JSON Lines, one {"features": [...]} a line."""
+    return b"".join(b'{"features":[' + line + b"]}\n" for line in lines)
+
+
+def leading_records(path: Path, limit: int, body: Callable[[list[bytes]], bytes]) -> list[bytes]:
+    """As many of the file's first lines as `body` holds within `limit` bytes."""
+    lines = first_lines(path, limit // 16)  # no blob row is shorter than 16 bytes
+    low, high = 1, len(lines)
+    while low < high:  # the largest count whose body fits
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if len(body(lines[:middle])) <= limit else (low, middle - 1)
+    return lines[:low]
 
 
 def inertia(path: Path, centre_sets: list[np.ndarray]) -> list[float]:

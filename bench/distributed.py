@@ -102,8 +102,9 @@ def run_job(work: Path, source: Path, hosts: int, hyperparameters: dict) -> dict
 
 
 def bench(mode: Mode, work: Path, data_dir: Path) -> dict:
-    source = data.blobs(data_dir, mode.train_rows, FEATURES, K)
-    quarter = data.blobs(data_dir, mode.train_rows // 4, FEATURES, K)
+    rows = mode.train_sets[0].rows  # the 947 MB set (FEATURES, K) of the training benchmark
+    source = data.blobs(data_dir, rows, FEATURES, K)
+    quarter = data.blobs(data_dir, rows // 4, FEATURES, K)
     work = work / "distributed"
     runs: dict[int, list[dict]] = {hosts: [] for hosts in HOST_COUNTS}
     for _ in range(mode.train_repeats):

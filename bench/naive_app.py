@@ -1,9 +1,10 @@
 """Naive-predictor baseline: the common pattern of the classic scikit_bring_your_own example.
 
 CSV: `pandas.read_csv` of the body, the model, `DataFrame.to_csv` out. JSON: `json.loads`,
-`np.array`, `json.dumps`. The model is loaded on first use in each worker, as that example
-does. It answers what ours answers (closest cluster and its distance, per record), so the
-two do the same work. Served by bench/launch.py behind our nginx + gunicorn configuration.
+`np.array`, `json.dumps`; JSON Lines likewise, a line at a time. The model is loaded on
+first use in each worker, as that example does. It answers what ours answers (closest
+cluster and its distance, per record), so the two do the same work. Served by
+bench/launch.py behind our nginx + gunicorn configuration.
 """
 
 import io
@@ -67,6 +68,18 @@ def transformation():
             status=200,
             mimetype="application/json",
         )
+    if flask.request.content_type == "application/jsonlines":
+        lines = flask.request.data.decode("utf-8").splitlines()
+        data = np.array([json.loads(line)["features"] for line in lines if line.strip()])
+        print(f"Invoked with {data.shape[0]} records")
+        labels, distances = ScoringService.predict(data)
+        answer = "\n".join(
+            json.dumps({"closest_cluster": int(label), "distance_to_cluster": float(distance)})
+            for label, distance in zip(labels, distances, strict=True)
+        )
+        return flask.Response(response=answer, status=200, mimetype="application/jsonlines")
     return flask.Response(
-        response="This predictor only supports CSV and JSON data", status=415, mimetype="text/plain"
+        response="This predictor only supports CSV, JSON and JSON Lines data",
+        status=415,
+        mimetype="text/plain",
     )

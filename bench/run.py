@@ -1,11 +1,12 @@
 """The benchmark suite (issue 5): ours against its baselines, side by side, in one run.
 
-    python bench/run.py            full run (~15 min), writes bench/RESULTS.md
-    python bench/run.py --quick    same code paths, small data, short runs (CI, ~1 min)
+    python bench/run.py            full run (~30 min), writes bench/RESULTS.md
+    python bench/run.py --quick    same code paths, small data, short runs (CI, ~3 min)
 
-Benchmarks: single-record and ~6 MB requests (wrk on loopback against `serve`, the stack
-ceiling and the naive predictor), training on blob data (ours against the naive trainer),
-start-up time and memory of each serving stack, and the image size. Every figure is a
+Benchmarks: single-record and ~6 MB requests of 32-feature rows and of 4-feature rows
+(CSV, JSON, JSON Lines; wrk on loopback against `serve`, the stack ceiling and the naive
+predictor), training on two blob data sets (ours against the naive trainer), start-up
+time and memory of each serving stack, and the image size. Every figure is a
 median over repeats, runs interleaved so noise falls on all sides alike; each ratio is
 the median of the per-repeat ratios. The report keeps the hand-written findings below
 its FINDINGS marker. Exits non-zero if any request failed or the stacks disagreed.
@@ -38,6 +39,9 @@ from bench.common import (
     FEATURES,
     FULL,
     LARGE_LIMIT,
+    NARROW_FEATURES,
+    NARROW_ROWS,
+    PAYLOAD_MB,
     QUICK,
     ROOT,
     SERVE_ROWS,
@@ -47,6 +51,7 @@ from bench.common import (
     K,
     Mode,
     Server,
+    TrainSet,
     failures,
     interleaved,
     run_measured,
@@ -54,34 +59,51 @@ from bench.common import (
     wrk,
 )
 
+# Large-request cases: name -> served model, body, Content-Type (each answered in kind).
+LARGE = {
+    "csv": ("wide", "large.csv", "text/csv"),
+    "json": ("wide", "large.json", "application/json"),
+    "narrow csv": ("narrow", "narrow.csv", "text/csv"),
+    "narrow json": ("narrow", "narrow.json", "application/json"),
+    "narrow jsonl": ("narrow", "narrow.jsonl", "application/jsonlines"),
+}
 
-def prepare_serving(work: Path, data_dir: Path) -> tuple[Path, dict[str, Path], int]:
-    """Train the served model with our `train`, and write the request bodies."""
-    source = data.blobs(data_dir, SERVE_ROWS, FEATURES, K)
-    base = work / "ml-serve"
-    shutil.rmtree(base, ignore_errors=True)
-    make_job(base, source, TRAIN_HP)
-    run_measured([sys.executable, str(ROOT / "kmeans" / "train")], job_env(base), 300)
+
+def prepare_serving(work: Path, data_dir: Path) -> tuple[dict[str, Path], Path, dict[str, int]]:
+    """Train the served models (32 and 4 features) with our `train`, and write the request
+    bodies: the wide ones hold as many records as JSON holds in LARGE_LIMIT, the narrow
+    ones as many as CSV holds."""
+    bases, counts = {}, {}
     bodies = work / "bodies"
     bodies.mkdir(parents=True, exist_ok=True)
-    csv_body, json_body, rows = data.large_bodies(source, LARGE_LIMIT)
-    paths = {"single": bodies / "single.csv", "csv": bodies / "large.csv"}
-    paths["json"] = bodies / "large.json"
-    paths["single"].write_bytes(data.first_lines(source, 1)[0] + b"\n")
-    paths["csv"].write_bytes(csv_body)
-    paths["json"].write_bytes(json_body)
-    return base, paths, rows
+    for model, rows, features, fits in (
+        ("wide", SERVE_ROWS, FEATURES, data.json_body),
+        ("narrow", NARROW_ROWS, NARROW_FEATURES, data.csv_body),
+    ):
+        source = data.blobs(data_dir, rows, features, K)
+        bases[model] = work / f"ml-serve-{model}"
+        shutil.rmtree(bases[model], ignore_errors=True)
+        make_job(bases[model], source, TRAIN_HP)
+        run_measured([sys.executable, str(ROOT / "kmeans" / "train")], job_env(bases[model]), 300)
+        records = data.leading_records(source, LARGE_LIMIT, fits)
+        counts[model] = len(records)
+        prefix = "large" if model == "wide" else model
+        (bodies / f"{prefix}.csv").write_bytes(data.csv_body(records))
+        (bodies / f"{prefix}.json").write_bytes(data.json_body(records))
+        if model == "wide":
+            (bodies / "single.csv").write_bytes(data.csv_body(records[:1]))
+        else:
+            (bodies / f"{prefix}.jsonl").write_bytes(data.jsonlines_body(records))
+    return bases, bodies, counts
 
 
-def agreement(servers: dict[str, Server], bodies: dict[str, Path]) -> str:
+def agreement(servers: dict[str, Server], body: Path) -> str:
     """Ours and the naive predictor must give the same clusters for the same records."""
     answers = {}
     for stack in ("ours", "naive"):
         host, port = servers[stack].url.removeprefix("http://").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        connection.request(
-            "POST", "/invocations", bodies["csv"].read_bytes(), {"Content-Type": "text/csv"}
-        )
+        connection.request("POST", "/invocations", body.read_bytes(), {"Content-Type": "text/csv"})
         lines = connection.getresponse().read().decode().split()
         connection.close()
         answers[stack] = [line.split(",")[0].removesuffix(".0") for line in lines]
@@ -91,36 +113,46 @@ def agreement(servers: dict[str, Server], bodies: dict[str, Path]) -> str:
     return f"{same} of {len(answers['ours'])} records in the same cluster"
 
 
-def bench_requests(mode: Mode, base: Path, bodies: dict[str, Path], rows: int, logs: Path) -> dict:
-    out: dict = {}
+def bench_requests(
+    mode: Mode, bases: dict[str, Path], bodies: Path, counts: dict[str, int], logs: Path
+) -> dict:
+    out: dict = {"rows": counts, "agreement": {}}
     names = list(STACKS)
-    with serving(names, base, logs, WORKERS) as servers:
-        out["agreement"] = agreement(servers, bodies)
-        for server in servers.values():  # warm-up: imports, caches, lazy model loads
-            wrk(server.url, bodies["single"], "text/csv", 16, 1)
-        for connections in (1, 16):
-            out[f"single-c{connections}"] = interleaved(
-                names,
-                mode.repeats,
-                lambda s, c=connections: wrk(
-                    servers[s].url, bodies["single"], "text/csv", c, mode.duration
-                ),
-            )
-        for kind, content_type in (("csv", "text/csv"), ("json", "application/json")):
-            runs = interleaved(
-                names,
-                mode.repeats,
-                lambda s, b=bodies[kind], t=content_type: wrk(
-                    servers[s].url, b, t, WORKERS, mode.duration
-                ),
-            )
-            for run in (run for stack_runs in runs.values() for run in stack_runs):
-                run["rows"] = run["rps"] * rows
-            out[f"large-{kind}"] = runs
+    for model, base in bases.items():
+        with serving(names, base, logs, WORKERS, PAYLOAD_MB) as servers:
+            check = bodies / ("large.csv" if model == "wide" else f"{model}.csv")
+            out["agreement"][model] = agreement(servers, check)
+            for server in servers.values():  # warm-up: imports, caches, lazy model loads
+                wrk(server.url, check, "text/csv", WORKERS, 1)
+                if model == "wide":
+                    wrk(server.url, bodies / "single.csv", "text/csv", 16, 1)
+            for connections in (1, 16) if model == "wide" else ():
+                out[f"single-c{connections}"] = interleaved(
+                    names,
+                    mode.repeats,
+                    lambda s, c=connections: wrk(
+                        servers[s].url, bodies / "single.csv", "text/csv", c, mode.duration
+                    ),
+                )
+            for case, (case_model, body, content_type) in LARGE.items():
+                if case_model != model:
+                    continue
+                runs = interleaved(
+                    names,
+                    mode.repeats,
+                    lambda s, b=bodies / body, t=content_type: wrk(
+                        servers[s].url, b, t, WORKERS, mode.duration
+                    ),
+                )
+                for run in (run for stack_runs in runs.values() for run in stack_runs):
+                    run["rows"] = run["rps"] * counts[model]
+                out[f"large-{case}"] = runs
+    out["mb"] = {case: (bodies / body).stat().st_size / 1e6 for case, (_, body, _) in LARGE.items()}
     return out
 
 
 def bench_startup(mode: Mode, base: Path, body: Path, logs: Path) -> dict:
+    """Time to the first 200 on /ping, then memory once every worker holds the model."""
     out = {}
     for workers in (2, 4):
 
@@ -151,13 +183,14 @@ def job_env(base: Path) -> dict:
     return {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
 
 
-def bench_training(mode: Mode, work: Path, data_dir: Path) -> dict:
-    source = data.blobs(data_dir, mode.train_rows, FEATURES, K)
+def bench_training(mode: Mode, work: Path, data_dir: Path, train_set: TrainSet) -> dict:
+    source = data.blobs(data_dir, train_set.rows, train_set.features, train_set.k)
     with source.open("rb") as stream:  # into the page cache before anyone is timed
         while stream.read(64 << 20):
             pass
-    streaming = {**TRAIN_HP, "mini_batch_size": str(mode.mini_batch_size)}  # issue 6
-    trainers = {"ours": TRAIN_HP, "naive": TRAIN_HP, "ours, streaming": streaming}
+    hyperparameters = {**TRAIN_HP, "k": str(train_set.k)}
+    streaming = {**hyperparameters, "mini_batch_size": str(mode.mini_batch_size)}  # issue 6
+    trainers = {"ours": hyperparameters, "naive": hyperparameters, "ours, streaming": streaming}
     centres: dict[str, np.ndarray] = {}
 
     def measure(trainer: str) -> dict:
@@ -177,11 +210,12 @@ def bench_training(mode: Mode, work: Path, data_dir: Path) -> dict:
                 raise
             failures.append(f"{trainer}: {error}")
             return {"error": str(error).splitlines()[-1][-200:]}
-        centres[trainer] = joblib.load(base / "model" / "model.joblib").cluster_centers_
         if trainer == "naive":
+            centres[trainer] = joblib.load(base / "model" / "model.joblib").cluster_centers_
             summary = json.loads(output.strip().splitlines()[-1])
             load, fit, inertia = summary["load"], summary["fit"], summary["inertia"]
-        else:
+        else:  # the centres train writes beside the model, whatever the model file's format
+            centres[trainer] = np.loadtxt(base / "output/data/centers.csv", delimiter=",")
             summary = json.loads((base / "output/data/summary.json").read_text())
             load, fit = (summary["seconds"].get(key, math.nan) for key in ("load", "fit"))
             inertia = summary["metrics"]["train"]["ssd"]
@@ -194,7 +228,9 @@ def bench_training(mode: Mode, work: Path, data_dir: Path) -> dict:
         "runs": runs,
         "evaluated": dict(zip([*centres, "true centres"], evaluated, strict=True)),
         "file_mb": source.stat().st_size / 1e6,
-        "rows": mode.train_rows,
+        "rows": train_set.rows,
+        "features": train_set.features,
+        "k": train_set.k,
     }
 
 
@@ -251,6 +287,7 @@ def main() -> int:
         help="benchmarks to run",
     )
     args = parser.parse_args()
+    args.work, args.data = args.work.resolve(), args.data.resolve()  # jobs run from /
     mode = QUICK if args.quick else FULL
     mode = replace(
         mode, duration=args.duration or mode.duration, repeats=args.repeats or mode.repeats
@@ -272,16 +309,13 @@ def main() -> int:
             print(f"bench: {name} done in {time.monotonic() - begun:.0f} s", flush=True)
 
     if only & {"requests", "startup"}:
-        base, bodies, rows = prepare_serving(args.work, args.data)
-
-        def requests() -> dict:
-            found = bench_requests(mode, base, bodies, rows, logs)
-            sizes = {f"{kind}_mb": bodies[kind].stat().st_size / 1e6 for kind in ("csv", "json")}
-            return found | sizes | {"rows": rows}
-
-        step("requests", requests)
-        step("startup", lambda: bench_startup(mode, base, bodies["single"], logs))
-    step("training", lambda: bench_training(mode, args.work, args.data))
+        bases, bodies, counts = prepare_serving(args.work, args.data)
+        step("requests", lambda: bench_requests(mode, bases, bodies, counts, logs))
+        step("startup", lambda: bench_startup(mode, bases["wide"], bodies / "single.csv", logs))
+    step(
+        "training",
+        lambda: [bench_training(mode, args.work, args.data, s) for s in mode.train_sets],
+    )
     step("image", bench_image)
     step("distributed", lambda: distributed.bench(mode, args.work, args.data))
     raw = args.work / f"results-{mode.name}.json"  # every repeat, for a closer look

@@ -12,9 +12,10 @@ slower path runs and produces the message. Both give the same numbers.
 from __future__ import annotations
 
 import csv
+import functools
 import io
-import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -94,30 +95,40 @@ def _csv_exact(body: bytes, first_line: int, labels: int, features: int) -> np.n
     return np.array(rows, dtype=np.float64).reshape(len(rows), features)
 
 
-def _csv_fast(body: bytes, labels: int, features: int) -> np.ndarray | None:
-    first = body.lstrip(b"\r\n").split(b"\n", 1)[0]
-    columns = first.count(b",") + 1
-    if columns - labels != features:
-        return None
-    names = [f"c{i}" for i in range(columns)]
+def _csv_floats(text: bytes, features: int, skip: int = 0, blank: int = 0) -> np.ndarray | None:
+    """The float64 columns of unquoted CSV text, after `skip` columns of anything and then
+    `blank` columns that must be empty; None if the CSV reader refuses any of it."""
+    names = [f"c{i}" for i in range(skip + blank + features)]
+    kinds = dict.fromkeys(names[skip : skip + blank], pa.null())
+    kinds |= dict.fromkeys(names[skip + blank :], pa.float64())
     try:
         table = pacsv.read_csv(
-            io.BytesIO(body),
+            io.BytesIO(text),
             read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
             parse_options=pacsv.ParseOptions(quote_char=False),
             convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.float64()),
-                include_columns=names[labels:],
+                column_types=kinds,
+                include_columns=names[skip:],
                 strings_can_be_null=False,
-                null_values=[],
+                null_values=[""] if blank else [],
             ),
         )
     except pa.ArrowInvalid:
         return None
+    numbers = table.columns[blank:]
+    if any(column.null_count for column in numbers):  # an empty cell
+        return None
     rows = np.empty((table.num_rows, features), np.float64)
-    for index, column in enumerate(table.columns):
+    for index, column in enumerate(numbers):
         rows[:, index] = column.to_numpy()
     return rows
+
+
+def _csv_fast(body: bytes, labels: int, features: int) -> np.ndarray | None:
+    first = body.lstrip(b"\r\n").split(b"\n", 1)[0]
+    if first.count(b",") + 1 - labels != features:
+        return None
+    return _csv_floats(body, features, skip=labels)
 
 
 def _csv_small(body: bytes, labels: int, features: int) -> np.ndarray | None:
@@ -146,42 +157,79 @@ def decode_csv(body: bytes, media: MediaType, features: int) -> np.ndarray:
 
 
 # --- application/json and application/jsonlines --------------------------------------
+#
+# Large dense bodies take a fast path. Their skeleton, the body without numbers and white
+# space, must be rows that all look alike, `[,,,]` or `{"features":[,,,]}` with the
+# model's feature count, inside `{"instances":[...]}` or `[...]`, or one such row alone;
+# in JSON Lines, one row a line. Such a body is rewritten byte for byte as CSV for the
+# CSV reader: numbers and commas stay, the byte that closes a row becomes a newline, the
+# brackets and white space become spaces (which the reader trims from around a number
+# but refuses inside one), and the keys, quotes and braces go.
 
-_NUMBER_BYTES = b"0123456789.-+eE"
+_NUMBER_BYTES = b"0123456789.-+"
 _SPACE = b" \t\r\n"
-_ROW = rb"(\[,*\]|\{F:\[,*\]\})"
-# Skeletons of the dense forms, with numbers and white space deleted and the two keys
-# shortened to I and F. The back-reference makes every row the same shape.
-_DENSE_FORMS = [
-    re.compile(rb"\{I:\[" + _ROW + rb"(?:,\1)*\]\}"),
-    re.compile(rb"\[" + _ROW + rb"(?:,\1)*\]"),
-    re.compile(rb"\{F:\[,*\]\}"),
-]
-_TO_LINES = bytes.maketrans(b"[]{}:, \t\r", b"\n" * 9)
+_INSTANCES, _FEATURES = b'"instances":', b'"features":'
 
 
-def _json_fast(body: bytes, features: int) -> np.ndarray | None:
-    """Dense bodies whose numbers can go straight to the CSV reader; None if unsure."""
-    keyed = body.replace(b'"instances"', b"I").replace(b'"features"', b"F")
-    skeleton = keyed.translate(None, _NUMBER_BYTES + _SPACE)
-    match = next(filter(None, (form.fullmatch(skeleton) for form in _DENSE_FORMS)), None)
-    if match is None:
-        return None
-    row = match.group(1) if match.re.groups else skeleton
-    if row.count(b",") + 1 != features:
-        return None
-    numbers = keyed.replace(b"I", b"").replace(b"F", b"").translate(_TO_LINES)
-    try:
-        column = pacsv.read_csv(
-            io.BytesIO(numbers),
-            read_options=pacsv.ReadOptions(column_names=["x"], use_threads=False),
-            convert_options=pacsv.ConvertOptions(column_types={"x": pa.float64()}, null_values=[]),
-        ).column(0)
-    except pa.ArrowInvalid:
-        return None
-    if len(column) % features:
-        return None
-    return column.to_numpy().reshape(-1, features)
+@dataclass(frozen=True)
+class _Dense:
+    rows: int
+    instances: bool  # the rows are in {"instances": [...]}
+    keyed: bool  # each row is {"features": [...]}
+
+
+def _dense(skeleton: bytes, features: int, lines: bool, keys: bytes = b"e") -> _Dense | None:
+    """The shape of a dense body from its skeleton, in which the keys' letters in `keys`
+    were deleted with the numbers (an e can be a number's)."""
+    instances, features_key = (key.translate(None, keys) for key in (_INSTANCES, _FEATURES))
+    slots = b"[" + b"," * (features - 1) + b"]"
+    joiner = b"" if lines else b","
+    wrappers = (
+        [(b"", b"")] if lines else [(b"{" + instances + b"[", b"]}"), (b"[", b"]"), (b"", b"")]
+    )
+    for keyed in (False, True):
+        row = b"{" + features_key + slots + b"}" if keyed else slots
+        for head, tail in wrappers:
+            count, rest = divmod(len(skeleton) - len(head + tail + row), len(joiner + row))
+            if rest or count < 0 or (count and not (head or lines)):
+                continue
+            if skeleton == head + row + (joiner + row) * count + tail:
+                return _Dense(count + 1, head.startswith(b"{"), keyed)
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _as_csv(row_end: bytes, exponents: bool, lines: bool) -> tuple[bytes, bytes]:
+    """bytes.translate's table and bytes to delete that rewrite a dense body as CSV."""
+    kept = _NUMBER_BYTES + b"," + (b"eE" if exponents else b"")
+    spaced = b"[]" + (b" \t\r" if lines else _SPACE)
+    table = bytearray(range(256))
+    for byte in spaced:
+        table[byte] = ord(" ")
+    table[ord(row_end)] = ord("\n")
+    deleted = bytes(byte for byte in range(256) if byte not in kept + spaced + row_end)
+    return bytes(table), deleted
+
+
+def _json_fast(body: bytes, features: int, lines: bool = False) -> np.ndarray | None:
+    """The rows of a dense body, through the CSV reader; None if unsure."""
+    skeleton = body.translate(None, _NUMBER_BYTES + _SPACE)
+    dense = _dense(skeleton, features, lines, keys=b"")  # no e but the keys'
+    exponents = dense is None
+    if exponents:  # or e's elsewhere: numbers', or junk the CSV reader will refuse
+        dense = _dense(skeleton.translate(None, b"eE"), features, lines)
+        if dense is None:
+            return None
+        keys = body.count(_INSTANCES), body.count(_FEATURES)
+        if keys != (dense.instances, dense.keyed * dense.rows):  # the keys, e's and all
+            return None
+        body = body.replace(_INSTANCES, b"").replace(_FEATURES, b"")
+    row_end = b"\n" if lines else b"}" if dense.keyed else b"]"
+    text = body.translate(*_as_csv(row_end, exponents, lines)).rstrip()
+    # In JSON a comma separates two rows, so each CSV line but the first would start with
+    # one: give the first one too, and the reader checks that the first column is empty.
+    rows = _csv_floats(text, features) if lines else _csv_floats(b"," + text, features, blank=1)
+    return rows if rows is not None and len(rows) == dense.rows else None
 
 
 def _row(record: Any, features: int, where: str) -> list[float]:
@@ -255,9 +303,8 @@ def decode_json(body: bytes, media: MediaType, features: int) -> np.ndarray:
 
 
 def decode_jsonlines(body: bytes, media: MediaType, features: int) -> np.ndarray:
-    lines = [line for line in body.split(b"\n") if line.strip()]
     if len(body) >= _SMALL_BODY:
-        rows = _json_fast(b"[" + b",".join(lines) + b"]", features)
+        rows = _json_fast(body, features, lines=True)
         if rows is not None:
             return rows
     rows = []

@@ -160,6 +160,7 @@ class Assigner:
         if self.direct:
             self.centres = np.asarray(last.cluster_centers_, np.float64)
             self.centre_norms = np.einsum("ij,ij->i", self.centres, self.centres)
+            self.minus_2_centres_t = np.ascontiguousarray(-2.0 * self.centres.T)
 
     def _scaled(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.float64)
@@ -179,13 +180,19 @@ class Assigner:
         if len(rows) * self.centres.size <= 1 << 16:  # small: exact differences
             differences = rows[:, None, :] - self.centres[None, :, :]
             squared = np.einsum("ijk,ijk->ij", differences, differences)
-        else:  # large: |x|² - 2x·c + |c|², as scikit-learn computes it
-            squared = rows @ (-2.0 * self.centres.T)
-            squared += np.einsum("ij,ij->i", rows, rows)[:, None]
-            squared += self.centre_norms
-            np.maximum(squared, 0, out=squared)
-        labels = squared.argmin(axis=1)
-        return labels, np.sqrt(squared[np.arange(len(labels)), labels])
+            labels = squared.argmin(axis=1)
+            return labels, np.sqrt(squared[np.arange(len(labels)), labels])
+        # Large: the closest centre by -2x·c + |c|² (|x|² is the same for every centre),
+        # in blocks that stay in the CPU cache; then the exact distance to that centre.
+        labels = np.empty(len(rows), np.intp)
+        block = max(1, (1 << 16) // len(self.centres))
+        for start in range(0, len(rows), block):
+            scores = rows[start : start + block] @ self.minus_2_centres_t
+            scores += self.centre_norms
+            labels[start : start + block] = scores.argmin(axis=1)
+        differences = self.centres.take(labels, axis=0)
+        np.subtract(rows, differences, out=differences)
+        return labels, np.sqrt(np.einsum("ij,ij->i", differences, differences))
 
 
 def assign(estimator: BaseEstimator, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

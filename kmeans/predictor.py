@@ -10,12 +10,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 import time
 
 import orjson
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from kmeans import decoders, encoders, model
 from kmeans.content_types import CSV, MediaType
@@ -25,6 +24,7 @@ log = logging.getLogger("kmeans.serve")
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 CUSTOM_ATTRIBUTES_KEY = "HTTP_" + CUSTOM_ATTRIBUTES.upper().replace("-", "_")
+STDOUT = 1
 
 
 @functools.lru_cache(maxsize=2)
@@ -36,14 +36,49 @@ def _stamp(second: int) -> str:
 def _log_request(
     records: int, size: int, kind: str, answer: int, answer_kind: str, started: float
 ) -> None:
-    """The one line each invocation logs, written straight to stdout: through `logging`
-    it costs a third of what a one-record request costs in all."""
+    """The one line each invocation logs, written straight to stdout's file descriptor in
+    one call: through `logging` it costs a third of what a one-record request costs in
+    all, and through sys.stdout a buffer and a flush more."""
     elapsed = (time.perf_counter() - started) * 1000
-    sys.stdout.write(
+    os.write(
+        STDOUT,
         f"{_stamp(int(time.time()))} INFO invocation: {records} records, {size} bytes "
-        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms\n"
+        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms\n".encode(),
     )
-    sys.stdout.flush()
+
+
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body in one read of Content-Length bytes: werkzeug's get_data asks
+    gunicorn for 64 KB at a time, which costs as much CPU as the rest of the stack does
+    for a 6 MB body."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        length = -1
+    if length > limit:
+        raise RequestEntityTooLarge()
+    if length < 0:  # no length given (chunked): gunicorn ends the stream for us
+        return request.get_data(cache=False)
+    return environ["wsgi.input"].read(length)
+
+
+def invoke(loaded: model.LoadedModel, environ: dict, default_accept: str, limit: int) -> Response:
+    """One invocation: the body decoded, assigned and encoded as Accept asks, and logged.
+    Plain dict look-ups in the WSGI environ: this path is paid per request."""
+    started = time.perf_counter()
+    media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
+    request_type = media.essence
+    accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
+    body = read_body(environ, limit)
+    rows = decoders.decode(body, media, loaded.feature_dim)
+    labels, distances = loaded.assign(rows)
+    answer = encoders.ENCODERS[accept](labels, distances)
+    response = Response(answer, 200, content_type=accept)
+    attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
+    if attributes is not None:
+        response.headers[CUSTOM_ATTRIBUTES] = attributes
+    _log_request(len(rows), len(body), request_type, len(answer), accept, started)
+    return response
 
 
 def _error(status: int, message: str) -> Response:
@@ -76,21 +111,7 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
 
     @app.post("/invocations")
     def invocations() -> Response:
-        started = time.perf_counter()
-        environ = request.environ  # plain dict look-ups: this path is paid per record
-        media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
-        request_type = media.essence
-        accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
-        body = request.get_data(cache=False)
-        rows = decoders.decode(body, media, loaded.feature_dim)
-        labels, distances = loaded.assign(rows)
-        answer = encoders.ENCODERS[accept](labels, distances)
-        response = Response(answer, 200, content_type=accept)
-        attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
-        if attributes is not None:
-            response.headers[CUSTOM_ATTRIBUTES] = attributes
-        _log_request(len(rows), len(body), request_type, len(answer), accept, started)
-        return response
+        return invoke(loaded, request.environ, default_accept, app.config["MAX_CONTENT_LENGTH"])
 
     @app.errorhandler(decoders.DecodeError)
     def bad_body(error: Exception) -> Response:

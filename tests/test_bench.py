@@ -27,7 +27,8 @@ TABLES = {
     "## Targets": "| target | measured |",
     "## 1. Single-record requests": "| connections | stack | req/s | p50 ms | p99 ms |",
     "## 2. Large requests": "| body | stack | req/s | rows/s | p50 ms | p99 ms |",
-    "## 3. Training": "| trainer | wall s | load s | fit s | peak RSS MB |",
+    "## 3.1 Training: 100,000 x 32, k = 16": "| trainer | wall s | load s | fit s | peak RSS MB |",
+    "## 3.2 Training: 50,000 x 24, k = 12": "| trainer | wall s | load s | fit s | peak RSS MB |",
     "## 4. Start-up and memory": "| workers | stack | first 200 s | PSS MB | RSS MB |",
     "## Training across hosts": "| hosts | wall s | cluster start s |",
 }
@@ -39,6 +40,13 @@ ROWS = [
     "| csv | naive |",
     "| json | ceiling |",
     "| json | naive |",
+    "| narrow csv | ours |",
+    "| narrow csv | ceiling |",
+    "| narrow csv | naive |",
+    "| narrow json | ours |",
+    "| narrow json | naive |",
+    "| narrow jsonl | ours |",
+    "| narrow jsonl | naive |",
     "| 2 | ours |",
     "| 4 | naive |",
 ]
@@ -57,9 +65,19 @@ def test_quick_mode_writes_every_table(tmp_path: Path) -> None:
         assert header in section, f"{heading!r} has no table"
     for row in ROWS:
         assert row in report, f"no row {row!r}"
-    trainers = report.partition("## 3. Training")[2].partition("## 4.")[0]
-    for trainer in ("ours", "naive", "ours, streaming"):
-        assert f"| {trainer} | " in trainers, f"no training row for {trainer}"
+    for number in (1, 2):
+        trainers = report.partition(f"## 3.{number} Training")[2].partition("## ")[0]
+        for trainer in ("ours", "naive", "ours, streaming"):
+            assert f"| {trainer} | " in trainers, f"no training row for {trainer} in 3.{number}"
+    targets = report.partition("## Targets")[2].partition("## 1.")[0]
+    for target in (
+        "2. large narrow csv: ours ÷ ceiling, rows/s",
+        "2. large narrow jsonl: ours ÷ naive, rows/s",
+        "3. training 50,000 x 24: peak RSS, ours ÷ naive",
+        "4. 4 workers: ours, first 200 s",
+        "4. 2 workers: ours ÷ naive, first 200",
+    ):
+        assert f"| {target} | " in targets, f"no target {target!r}"
     assert "## 5. Image" in report
     across = report.partition("## Training across hosts")[2]
     for hosts in (1, 2, 4):

@@ -11,7 +11,8 @@ import pytest
 from kmeans import decoders
 
 RNG = np.random.default_rng(7)
-ROWS = RNG.normal(0, 1e3, (2000, 4)) * RNG.choice([1e-6, 1, 1e6], (2000, 4))
+ROWS = RNG.normal(0, 1e3, (2000, 4)) * RNG.choice([1e-6, 1, 1e6], (2000, 4))  # exponents
+PLAIN = np.round(RNG.normal(0, 1e3, (2000, 4)), 4)  # written without exponents
 
 
 def _bodies(rows: np.ndarray) -> dict[str, tuple[str, bytes]]:
@@ -27,26 +28,49 @@ def _bodies(rows: np.ndarray) -> dict[str, tuple[str, bytes]]:
             json.dumps({"instances": [{"features": r} for r in listed]}).encode(),
         ),
         "json-spaced": ("application/json", json.dumps({"instances": listed}, indent=2).encode()),
+        "json-lists": ("application/json", json.dumps(listed).encode()),
+        "json-keyed-list": (
+            "application/json",
+            json.dumps([{"features": r} for r in listed], indent="\t").encode(),
+        ),
         "jsonlines": ("application/jsonlines", "\n".join(json.dumps(r) for r in listed).encode()),
+        "jsonlines-crlf": (
+            "application/jsonlines",
+            "".join(json.dumps({"features": r}) + "\r\n" for r in listed).encode(),
+        ),
     }
 
 
+@pytest.mark.parametrize("rows", [ROWS, PLAIN], ids=["exponents", "plain"])
 @pytest.mark.parametrize("name", list(_bodies(ROWS[:1])))
-def test_fast_paths_equal_exact_parsing(name: str) -> None:
-    content_type, body = _bodies(ROWS)[name]
+def test_fast_paths_equal_exact_parsing(name: str, rows: np.ndarray) -> None:
+    content_type, body = _bodies(rows)[name]
     assert len(body) > 4096
-    np.testing.assert_array_equal(decoders.decode(body, content_type, 4), ROWS)
+    np.testing.assert_array_equal(decoders.decode(body, content_type, 4), rows)
 
 
-def test_the_fast_paths_are_taken_for_large_bodies() -> None:
-    bodies = _bodies(ROWS)
-    assert decoders._csv_fast(bodies["csv"][1], 0, 4) is not None
-    assert decoders._json_fast(bodies["json"][1], 4) is not None
-    assert decoders._json_fast(bodies["json-spaced"][1], 4) is not None
+@pytest.mark.parametrize("rows", [ROWS, PLAIN], ids=["exponents", "plain"])
+def test_the_fast_paths_are_taken_for_large_bodies(rows: np.ndarray) -> None:
+    bodies = _bodies(rows)
+    for name in ("csv", "csv-crlf"):
+        assert decoders._csv_fast(bodies[name][1], 0, 4) is not None, name
+    for name in ("json", "json-spaced", "json-lists", "json-keyed-list"):
+        assert decoders._json_fast(bodies[name][1], 4) is not None, name
+    for name in ("jsonlines", "jsonlines-crlf"):
+        assert decoders._json_fast(bodies[name][1], 4, lines=True) is not None, name
 
 
 def large_json(last_row: str) -> bytes:
     return ("[" + ",".join(["[1,2,3,4]"] * 1000) + "," + last_row + "]").encode()
+
+
+def large_keyed(last_row: str) -> bytes:
+    rows = ",".join(['{"features":[1,2,3,4]}'] * 1000)
+    return ('{"instances":[' + rows + "," + last_row + "]}").encode()
+
+
+def large_lines(last_line: str) -> bytes:
+    return ("[1,2,3,4]\n" * 1000 + last_line).encode()
 
 
 @pytest.mark.parametrize(
@@ -59,6 +83,27 @@ def large_json(last_row: str) -> bytes:
         ("application/json", large_json("[1,2,3,-]"), "body is not valid JSON"),
         ("application/json", large_json('[1,2,3,"4"]'), "instance 1001, feature 4: '4' is not"),
         ("application/json", large_json("[1 2,3,4]"), "body is not valid JSON"),
+        ("application/json", large_json("[1,,3,4]"), "body is not valid JSON"),
+        ("application/json", large_json("[1,2,3,4]5"), "body is not valid JSON"),
+        ("application/json", large_json("[1,2,3,4e]"), "body is not valid JSON"),
+        ("application/json", large_json("[1,2,3,e4]"), "body is not valid JSON"),
+        ("application/json", large_keyed('{5"features":[1,2,3,4]}'), "body is not valid JSON"),
+        ("application/json", large_keyed('{"features":[1,2,3,4]}}'), "body is not valid JSON"),
+        (
+            "application/json",
+            large_keyed('{"features":[1e5,2,3,4]}').replace(b"instances", b"instancs"),
+            "instance 1: expected a list of numbers or an object with 'features', "
+            "got keys ['instancs']",
+        ),
+        (
+            "application/json",
+            large_keyed('{"faturs":[1,2,3,4]}'),
+            "instance 1001: expected a list of numbers or an object with 'features', "
+            "got keys ['faturs']",
+        ),
+        ("application/jsonlines", large_lines("[1,2,3]"), "expected 4 features, got 3 in line"),
+        ("application/jsonlines", large_lines("[1,2,3,4]5"), "line 1001 is not valid JSON"),
+        ("application/jsonlines", large_lines("[1,2,3,4],[5,6,7,8]"), "line 1001 is not valid"),
         ("text/csv", b"1,2,3,4\n" * 1000 + b"1,2,3\n", "expected 4 features, got 3 in row 1001"),
         ("text/csv", b"1,2,3,4\n" * 1000 + b"1,2,x,4\n", "row 1001, column 3: 'x' is not a number"),
         ("text/csv", b"1,2,3,4\n" * 1000 + b"1,2,,4\n", "row 1001, column 3: empty cell"),
