@@ -22,10 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +37,6 @@ from kmeans.hyperparameters import Hyperparameters
 
 log = logging.getLogger("kmeans.train")
 
-BLOCK_ROWS = 1 << 15  # rows per block of a host's arithmetic; blocks run on every core
 LOG_SECONDS = 10.0
 
 
@@ -69,13 +66,6 @@ def prepare(hosts: Hosts, found: dict[str, channels.Channel], pipe_wait_seconds:
 
     threadpool_limits(1)  # one BLAS thread per block: the blocks run in parallel
     HERE.hosts, HERE.found, HERE.pipe_wait_seconds = hosts, found, pipe_wait_seconds
-
-
-def _blockwise(function: Any, count: int) -> list[Any]:
-    """function(start, stop) over blocks of BLOCK_ROWS rows, on every core."""
-    starts = range(0, count, BLOCK_ROWS)
-    with ThreadPoolExecutor(max(1, min(len(starts), os.cpu_count() or 1))) as pool:
-        return list(pool.map(lambda start: function(start, min(start + BLOCK_ROWS, count)), starts))
 
 
 def load_share(channel_name: str) -> dict[str, Any]:
@@ -119,37 +109,9 @@ def _fingerprint(channel: channels.Channel) -> str:
     return hashlib.sha256(listed).hexdigest()[:16]
 
 
-def moments() -> tuple[int, np.ndarray, np.ndarray]:
+def moments() -> model.Moments:
     """Row count, feature means and sums of squared deviations, in float64."""
-    data = HERE.data
-
-    def block(start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
-        rows = data[start:stop].astype(np.float64)
-        mean = rows.mean(axis=0)
-        return len(rows), mean, ((rows - mean) ** 2).sum(axis=0)
-
-    width = data.shape[1]
-    parts = _blockwise(block, len(data))
-    return combine_moments(parts) if parts else (0, np.zeros(width), np.zeros(width))
-
-
-def combine_moments(
-    parts: list[tuple[int, np.ndarray, np.ndarray]],
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """Chan's pairwise rule: the moments of the union from the moments of its parts."""
-    count, mean, squares = 0, None, None
-    for n, part_mean, part_squares in parts:
-        if n == 0:
-            continue
-        if mean is None:
-            count, mean, squares = n, part_mean, part_squares
-            continue
-        total = count + n
-        delta = part_mean - mean
-        mean = mean + delta * n / total
-        squares = squares + part_squares + delta**2 * count * n / total
-        count = total
-    return count, mean, squares
+    return model.moments(HERE.data)
 
 
 def scale(mean: np.ndarray, scale: np.ndarray) -> None:
@@ -160,7 +122,7 @@ def scale(mean: np.ndarray, scale: np.ndarray) -> None:
         data[start:stop] -= mean.astype(np.float32)
         data[start:stop] /= scale.astype(np.float32)
 
-    _blockwise(block, len(data))
+    model.blockwise(block, len(data))
 
 
 def sample(counts: dict[str, int], seed: int) -> np.ndarray:
@@ -258,14 +220,16 @@ def lloyd_step(centres: np.ndarray, first: bool, far: int) -> Partial:
     if first or HERE.labels is None:
         HERE.labels = np.full(len(data), -1, np.int32)
     labels = HERE.labels
-    parts = _blockwise(lambda a, b: _partial(data[a:b], centres, True, far, labels[a:b]), len(data))
+    parts = model.blockwise(
+        lambda a, b: _partial(data[a:b], centres, True, far, labels[a:b]), len(data)
+    )
     return merge(parts, len(centres), far)
 
 
 def assign_step(centres: np.ndarray) -> Partial:
     """Counts and inertia of this host's rows for the final centres."""
     data = HERE.data
-    parts = _blockwise(lambda a, b: _partial(data[a:b], centres, False, 0, None), len(data))
+    parts = model.blockwise(lambda a, b: _partial(data[a:b], centres, False, 0, None), len(data))
     return merge(parts, len(centres))
 
 
@@ -472,7 +436,7 @@ def fit_full_batch(
         ", ".join(f"{n}: {s['rows']}" for n, s in zip(hosts.names, shares, strict=True)),
     )
     fit_started = time.perf_counter()
-    count, mean, squares = combine_moments(cluster.on_every_host(moments))
+    count, mean, squares = model.combine_moments(cluster.on_every_host(moments))
     variance = squares / count
     scaler = None
     if hp.standardize:

@@ -1,11 +1,15 @@
 """The model module in-process: the numpy assignment used when serving equals the
-estimator's own transform, for every estimator `train` writes, small and large batches."""
+estimator's own transform, for every estimator `train` writes, small and large batches;
+fitting holds no second copy of the training rows."""
 
 from __future__ import annotations
+
+import tracemalloc
 
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
+from sklearn.cluster import _kmeans as sklearn_kmeans
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 
@@ -57,3 +61,32 @@ def test_seeding_from_a_sample_finds_the_same_clusters(monkeypatch) -> None:
     assert sampled.get_params()["init"] == "k-means++"
     rows = data.astype(np.float64)
     assert -sampled.score(rows) == pytest.approx(-full.score(rows), rel=0.01)
+
+
+def test_moments_in_blocks_equal_numpys_in_float64(monkeypatch) -> None:
+    monkeypatch.setattr(model, "BLOCK_ROWS", 1000)  # many blocks, the last one short
+    data = (RNG.normal(size=(25_500, 3)) + [1e6, 0, -5e4]).astype(np.float32)
+    count, mean, squares = model.moments(data)
+    exact = data.astype(np.float64)
+    assert count == len(data)
+    np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(squares / count, exact.var(axis=0), rtol=1e-9)
+
+
+def test_fit_holds_no_second_copy_of_the_data() -> None:
+    """scikit-learn's KMeans computes its tolerance with np.var(X, axis=0), a temporary as
+    large as X; `fit` gives it the same tolerance from `moments`, in blocks."""
+    centres = RNG.normal(0, 20, (8, 16))
+    data = (centres[RNG.integers(0, 8, 400_000)] + RNG.normal(size=(400_000, 16))).astype(
+        np.float32
+    )
+    expected_tol = 1e-4 * data.astype(np.float64).var(axis=0).mean()
+    tracemalloc.start()
+    try:
+        estimator = model.fit(parse({"k": "8", "tol": "0.0001"}), data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.75 * data.nbytes  # np.var's temporary alone is 1.0 x data.nbytes
+    assert estimator._tol == pytest.approx(expected_tol, rel=1e-9)
+    assert sklearn_kmeans._tolerance is model._SKLEARN_TOLERANCE  # put back after the fit
