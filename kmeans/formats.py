@@ -47,7 +47,7 @@ STREAM_BLOCK_BYTES = 1 << 20
 # Plain CSV files (or parts of one) this large are parsed in PARALLEL_PARTS ranges at once.
 PARALLEL_MIN_BYTES = 64 << 20
 PARALLEL_PARTS = max(1, min(8, os.cpu_count() or 1))
-PARALLEL_BLOCK_BYTES = 1 << 20
+PARALLEL_BLOCK_BYTES = 256 << 10
 GZIP_MAGIC = b"\x1f\x8b"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import resource
 import signal
 import sys
@@ -16,7 +17,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -84,15 +85,21 @@ FITTING = ("kmeans.model", "kmeans.streaming", "kmeans.reduction")
 
 def _import_fitting() -> threading.Thread:
     """Import the fitting modules in a thread while the data loads: pyarrow parses CSV
-    without holding the GIL, so the two overlap. A failed import is raised again by the
-    import that needs the module."""
+    without holding the GIL, so the two overlap. The import holds the GIL in between, so
+    it is made to hand it over sooner (every 0.2 ms, not 5 ms) to a parsing thread that
+    needs it for a moment between blocks. A failed import is raised again by the import
+    that needs the module."""
 
     def run() -> None:
-        for name in FITTING:
-            try:
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0002)
+        try:
+            for name in FITTING:
                 importlib.import_module(name)
-            except Exception:  # the import that needs the module raises it again
-                return
+        except Exception:  # the import that needs the module raises it again
+            return
+        finally:
+            sys.setswitchinterval(interval)
 
     thread = threading.Thread(target=run, name="import-fitting", daemon=True)
     thread.start()
@@ -367,3 +374,14 @@ def main() -> int:
         reason, detail, code = _failure(error, paths)
         return _fail(paths, reason, detail, code)
     return 0
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """Exit with `code` once every output is written, without the interpreter's teardown of
+    scikit-learn and scipy (0.2 to 0.4 s). Across hosts Dask's exit handlers run as usual."""
+    if "distributed" in sys.modules:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
