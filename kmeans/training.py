@@ -6,6 +6,7 @@ FailureReason), with detail below it, and a non-zero exit.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import resource
@@ -256,6 +257,13 @@ def main() -> int:
     except MemoryError:
         return _fail(paths, "out of memory: use a larger instance or set mini_batch_size")
     except Exception as error:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" while writing {error.filename}" if error.filename else ""
+            return _fail(
+                paths,
+                f"no space left on device{where}: free space, or give the job a larger "
+                "volume (VolumeSizeInGB)",
+            )
         return _fail(
             paths,
             f"internal error: {type(error).__name__}: {error}",
