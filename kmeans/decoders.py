@@ -81,16 +81,20 @@ def _label_size(media: MediaType) -> int:
 
 def _csv_exact(body: bytes, first_line: int, labels: int, features: int) -> np.ndarray:
     rows = []
-    text = io.StringIO(body.decode("utf-8", "replace"))
-    for line, cells in enumerate(csv.reader(text), start=first_line):
-        if not cells or cells == [""]:
-            continue
-        cells = cells[labels:]
-        if len(cells) != features:
-            raise _width_error(features, len(cells), f"row {line}")
-        rows.append(
-            [_number(c, f"row {line}, column {i + labels}") for i, c in enumerate(cells, 1)]
-        )
+    text = io.StringIO(body.decode("utf-8", "replace"), newline="")  # csv reads \r itself
+    line = first_line
+    try:
+        for line, cells in enumerate(csv.reader(text), start=first_line):
+            if not cells or cells == [""]:
+                continue
+            cells = cells[labels:]
+            if len(cells) != features:
+                raise _width_error(features, len(cells), f"row {line}")
+            rows.append(
+                [_number(c, f"row {line}, column {i + labels}") for i, c in enumerate(cells, 1)]
+            )
+    except csv.Error as error:  # a field over 128 KB, say
+        raise DecodeError(f"row {line}: not valid CSV: {error}") from None
     return np.array(rows, dtype=np.float64).reshape(len(rows), features)
 
 
