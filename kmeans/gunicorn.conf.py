@@ -29,7 +29,7 @@ worker_class = "sync"
 # nginx answers 504 at SAGEMAKER_MODEL_SERVER_TIMEOUT; the master kills the worker just
 # after (it checks once a second), so nginx never sees its connection drop first.
 timeout = _environment.timeout + 1
-graceful_timeout = 5  # serve stops gunicorn after nginx has drained: nothing waits on it
+graceful_timeout = 2  # serve stops gunicorn after nginx has drained: nothing waits on it
 # nginx's limits on the request line and headers (8 KB each, 32 KB in all) apply first;
 # gunicorn's own (4 KB line, 100 headers) would refuse requests nginx accepted.
 limit_request_line = 0

@@ -318,8 +318,14 @@ def _read_centres(path: Path, metadata: dict[str, Any]) -> Centres:
     """model.npz, read without unpickling and checked: format, shapes, finite values,
     and agreement with model.json."""
     try:
+        with path.open("rb") as file:
+            zipped = file.read(4) == b"PK\x03\x04"  # else np.load takes it for a pickle
+        if not zipped:
+            raise ModelError(f"model file {path} cannot be read: it is not an .npz archive")
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
+    except ModelError:
+        raise
     except Exception as error:  # a damaged zip file raises many kinds of error
         raise ModelError(f"model file {path} cannot be read: {error!r}") from None
 

@@ -34,7 +34,7 @@ log = logging.getLogger("kmeans.serve")
 PACKAGE = Path(__file__).resolve().parent
 START_TIMEOUT = 300  # SageMaker fails an endpoint whose /ping does not pass in minutes
 DRAIN_TIMEOUT = 20  # SageMaker sends SIGKILL 30 s after SIGTERM
-GUNICORN_STOP_TIMEOUT = 7  # its graceful_timeout (5 s), then SIGKILL
+GUNICORN_STOP_TIMEOUT = 5  # its graceful_timeout (2 s), then SIGKILL
 
 
 def _die_with_parent(signum: int) -> Callable[[], None] | None:
@@ -162,7 +162,7 @@ class Supervisor:
                 if code is not None:
                     log.error("%s exited unexpectedly with code %d; stopping", name, code)
                     self._stop_all()
-                    return code or 1
+                    return code if code > 0 else 1  # not 0, nor 256 minus a signal
             time.sleep(0.1)
         self._stop_all()
         return 0

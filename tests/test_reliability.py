@@ -100,22 +100,32 @@ def assert_json_error(status: int | None, headers: dict, body: bytes, expected: 
     return document["error"]
 
 
+def answered_json_error(response: requests.Response, expected: int) -> str:
+    headers = {"content-type": response.headers["Content-Type"]}
+    return assert_json_error(response.status_code, headers, response.content, expected)
+
+
 def process_tree(root: int) -> dict[int, str]:
-    """`root` and all its descendants: pid -> command name, read from /proc."""
+    """`root` and all its descendants, read from /proc, each named by its role in the
+    stack: serve, gunicorn master or worker, nginx master or worker."""
     parents, names = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
+        with contextlib.suppress(OSError):
             text = stat.read_text()
-        except OSError:
-            continue
-        name, rest = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
-        if rest[0] != "Z":
-            parents[int(stat.parent.name)], names[int(stat.parent.name)] = int(rest[1]), name
-    tree, frontier = {root}, [root]
+            state, parent = text.rsplit(")", 1)[1].split()[:2]
+            if state != "Z":
+                pid = int(stat.parent.name)
+                parents[pid], names[pid] = int(parent), text[text.index("(") + 1 : text.rindex(")")]
+    roles = {root: "serve"}
+    frontier = [root]
     while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        tree.update(frontier)
-    return {pid: names.get(pid, "?") for pid in tree if pid in names or pid == root}
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        for pid in children:
+            above = roles[parents[pid]]
+            kind = "nginx" if names[pid].startswith("nginx") else "gunicorn"
+            roles[pid] = f"{kind} master" if above == "serve" else f"{above.split()[0]} worker"
+        frontier = children
+    return roles
 
 
 def memory_kb(pid: int, field: str = "VmRSS") -> int:
@@ -127,9 +137,9 @@ def memory_kb(pid: int, field: str = "VmRSS") -> int:
 
 @pytest.fixture(scope="module")
 def server(trained: Path, tmp_path_factory: pytest.TempPathFactory):
-    log = tmp_path_factory.mktemp("reliability") / "serve.log"
-    running = Server(trained, log, SAGEMAKER_MODEL_SERVER_WORKERS="2").wait_ready()
-    yield running
+    """One server for the tests that only send requests (module scope: fast)."""
+    running = Server(trained, tmp_path_factory.mktemp("reliability") / "serve.log")
+    yield running.wait_ready()
     assert running.stop() == 0
 
 
@@ -307,12 +317,7 @@ def test_a_decompression_bomb_gets_413_without_being_inflated(server) -> None:
     workers = server.pids()["workers"]
     before = {pid: memory_kb(pid, "VmHWM") for pid in workers}
     response = invoke(server.url, bomb, **{"Content-Encoding": "gzip"})
-    error = assert_json_error(
-        response.status_code,
-        {"content-type": response.headers["Content-Type"]},
-        response.content,
-        413,
-    )
+    error = answered_json_error(response, 413)
     assert "SAGEMAKER_MAX_PAYLOAD_IN_MB" in error
     grown = max((memory_kb(pid, "VmHWM") - before[pid]) / 1024 for pid in workers)
     assert grown < 64, f"a worker's peak memory grew by {grown:.0f} MB"
@@ -341,12 +346,7 @@ def test_a_decompression_bomb_gets_413_without_being_inflated(server) -> None:
 )
 def test_bad_encodings_are_refused_with_one_line(server, coding, body, status, message) -> None:
     response = invoke(server.url, body, **{"Content-Encoding": coding})
-    error = assert_json_error(
-        response.status_code,
-        {"content-type": response.headers["Content-Type"]},
-        response.content,
-        status,
-    )
+    error = answered_json_error(response, status)
     assert error.startswith(message), error
 
 
@@ -399,12 +399,7 @@ def test_requests_past_the_timeout_free_their_workers(slow_model, start_server) 
         thread.join(120)
     assert len(answers) == 6
     for elapsed, response in answers:
-        error = assert_json_error(
-            response.status_code,
-            {"content-type": response.headers["Content-Type"]},
-            response.content,
-            504,
-        )
+        error = answered_json_error(response, 504)
         assert "SAGEMAKER_MODEL_SERVER_TIMEOUT" in error
         assert elapsed >= timeout - 0.5
     freed = seconds_until_answered(server.url)
@@ -684,13 +679,15 @@ def test_soak_mixed_traffic_no_errors_and_flat_memory(trained, start_server) -> 
     warm = min(60.0, SOAK_SECONDS / 5)  # allocators settle on the first large bodies
     drift = {}
     for pid, series in samples.items():
-        settled = [kb for at, kb in series if at >= warm]
+        settled = [kb / 1024 for at, kb in series if at >= warm]
+        window = max(1, len(settled) // 5)  # medians of the first and last fifths
+        first, last = np.median(settled[:window]), np.median(settled[-window:])
         drift[pid] = {
             "process": names[pid],
-            "first_mb": round(settled[0] / 1024, 1),
-            "last_mb": round(settled[-1] / 1024, 1),
-            "range_mb": round((max(settled) - min(settled)) / 1024, 1),
-            "growth_mb": round((settled[-1] - settled[0]) / 1024, 1),
+            "first_mb": round(float(first), 1),
+            "last_mb": round(float(last), 1),
+            "growth_mb": round(float(last - first), 1),
+            "range_mb": round(max(settled) - min(settled), 1),
         }
     record(
         "soak",
