@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import http.client
 import json
+import math
 import os
 import signal
 import socket
@@ -230,4 +231,7 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def ratio(ours: list[dict], other: list[dict], key: str) -> float:
-    return statistics.median(a[key] / b[key] for a, b in zip(ours, other, strict=True))
+    """The median of the per-repeat ratios; NaN if the other never finished a request
+    (a loaded machine, short runs)."""
+    pairs = [a[key] / b[key] for a, b in zip(ours, other, strict=True) if b[key]]
+    return statistics.median(pairs) if pairs else math.nan

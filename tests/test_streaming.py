@@ -230,6 +230,14 @@ def test_file_mode_streaming_matches_full_batch_quality(tmp_path: Path) -> None:
     assert inertia(stream, held_out) == pytest.approx(inertia(full, held_out), rel=0.02)
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has installed a handler for `signum` (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 def test_sigterm_stops_a_full_batch_job_promptly(tmp_path: Path) -> None:
     base = make_job(
         tmp_path, {"k": "4"}, {"train/a.csv": csv_bytes(blobs(1000, features=16)) * 3000}
@@ -237,7 +245,11 @@ def test_sigterm_stops_a_full_batch_job_promptly(tmp_path: Path) -> None:
     job = subprocess.Popen(
         [str(TRAIN)], env=entrypoint_env(base), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    time.sleep(2.0)  # importing, then reading 3 M rows
+    deadline = time.monotonic() + 60  # importing takes seconds on a busy machine
+    while not catches(job.pid, signal.SIGTERM):
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # reading 3 M rows
     assert job.poll() is None
     job.send_signal(signal.SIGTERM)
     stopped = time.monotonic()
