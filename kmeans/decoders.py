@@ -280,6 +280,8 @@ def decode_jsonlines(body: bytes, media: MediaType, features: int) -> np.ndarray
 
 
 def decode_npy(body: bytes, media: MediaType, features: int) -> np.ndarray:
+    if body.startswith(b"PK"):  # np.load would open a zip as an .npz archive
+        raise DecodeError("body is an .npz archive, expected one .npy array")
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:

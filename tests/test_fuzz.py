@@ -143,7 +143,10 @@ def npy_bodies(draw, width: int) -> bytes:
         )
     )
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)  # object arrays arrive pickled: must be refused
+    if draw(st.integers(0, 5)):
+        np.save(buffer, array, allow_pickle=True)  # object arrays pickled: to be refused
+    else:
+        np.savez(buffer, array, allow_pickle=True)  # an .npz archive (a zip) instead
     data = buffer.getvalue()
     return data if draw(st.booleans()) else data[: draw(st.integers(0, len(data)))]
 
