@@ -245,8 +245,7 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def ratio(ours: list[dict], other: list[dict], key: str) -> float:
-    """The median of the paired ratios; not a number if a run finished no request."""
-    pairs = list(zip(ours, other, strict=True))
-    if not all(a[key] and b[key] for a, b in pairs):
-        return math.nan
-    return statistics.median(a[key] / b[key] for a, b in pairs)
+    """The median of the per-repeat ratios; NaN if the other never finished a request
+    (a loaded machine, short runs)."""
+    pairs = [a[key] / b[key] for a, b in zip(ours, other, strict=True) if b[key]]
+    return statistics.median(pairs) if pairs else math.nan

@@ -94,6 +94,17 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
     return value
 
 
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise SettingError(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Environment:
     """Settings from the environment, each with its default beside it."""
@@ -105,6 +116,7 @@ class Environment:
     timeout: int = 60
     max_payload_mb: int = 6
     default_accept: str = ""
+    allow_pickle: bool = True  # serve may unpickle model.joblib when model.npz is absent
     training_job_name: str = ""
     pipe_wait_seconds: float = 60.0  # how long to wait for the next Pipe-mode FIFO
     checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
@@ -127,6 +139,7 @@ class Environment:
             timeout=_int(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60, 1),
             max_payload_mb=_int(env, ("SAGEMAKER_MAX_PAYLOAD_IN_MB",), 6, 1),
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip(),
+            allow_pickle=_flag(env, "SAGE_KMEANS_ALLOW_PICKLE", True),
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
             pipe_wait_seconds=_seconds(env, "SAGE_KMEANS_PIPE_WAIT_SECONDS", 60.0),
             checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),

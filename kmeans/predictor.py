@@ -3,6 +3,8 @@
 Built by create_app() from an already loaded model and the environment snapshot, so
 tests build as many as they like and gunicorn loads the model once, before forking.
 Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
+Request bodies are read by read_body(): gzip and deflate bodies are inflated there, never
+past the payload limit, and a request whose client has left is not worked on.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import time
+import zlib
 
 import orjson
 from flask import Flask, Response, request
@@ -47,21 +51,6 @@ def _log_request(
     )
 
 
-def read_body(environ: dict, limit: int) -> bytes:
-    """The request body in one read of Content-Length bytes: werkzeug's get_data asks
-    gunicorn for 64 KB at a time, which costs as much CPU as the rest of the stack does
-    for a 6 MB body."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or -1)
-    except ValueError:
-        length = -1
-    if length > limit:
-        raise RequestEntityTooLarge()
-    if length < 0:  # no length given (chunked): gunicorn ends the stream for us
-        return request.get_data(cache=False)
-    return environ["wsgi.input"].read(length)
-
-
 def invoke(loaded: model.LoadedModel, environ: dict, default_accept: str, limit: int) -> Response:
     """One invocation: the body decoded, assigned and encoded as Accept asks, and logged.
     Plain dict look-ups in the WSGI environ: this path is paid per request."""
@@ -81,6 +70,93 @@ def invoke(loaded: model.LoadedModel, environ: dict, default_accept: str, limit:
     return response
 
 
+class RequestError(ValueError):
+    """A request refused before its records are read, with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """One Content-Encoding undone, stopping as soon as the output passes `limit`: a
+    small body that inflates to gigabytes costs no more than `limit` bytes of work."""
+    parts, size, wbits = [], 0, _WBITS[coding]
+    while body:  # gzip allows several members, one after another
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(body, limit + 1 - size)
+        except zlib.error as error:
+            if coding == "deflate" and wbits > 0 and not parts:
+                wbits = -zlib.MAX_WBITS  # "deflate" sent raw, as some clients do
+                continue
+            raise RequestError(400, f"body is not valid {coding} data: {error}") from None
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise RequestError(
+                413,
+                f"request body too large: it inflates ({coding}) to more than the limit of "
+                f"{limit >> 20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)",
+            )
+        if not inflater.eof:
+            raise RequestError(400, f"body is not valid {coding} data: it ends too soon")
+        parts.append(part)
+        body = inflater.unused_data
+    return b"".join(parts)
+
+
+def _read_raw(environ: dict, limit: int) -> bytes:
+    """The body as sent, in one read of Content-Length bytes: werkzeug's get_data asks
+    gunicorn for 64 KB at a time, which costs as much CPU as the rest of the stack does
+    for a 6 MB body."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        length = -1
+    if length > limit:
+        raise RequestEntityTooLarge()
+    if length < 0:  # no length given (chunked): gunicorn ends the stream for us
+        return request.get_data(cache=False)
+    return environ["wsgi.input"].read(length)
+
+
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body, with its Content-Encoding (gzip, deflate, identity) undone."""
+    body = _read_raw(environ, limit)
+    if _client_gone(environ):  # checked once the body is read: only then is EOF visible
+        raise RequestError(
+            499, "the client closed the connection before a worker was free; not processed"
+        )
+    header = environ.get("HTTP_CONTENT_ENCODING")
+    if header is None:
+        return body
+    for coding in reversed([c.strip().lower() for c in header.split(",")]):
+        if coding in _WBITS:
+            body = _inflate(body, coding, limit)
+        elif coding not in ("identity", ""):
+            raise RequestError(
+                415, f"Content-Encoding {coding!r} is not supported; use gzip, deflate or identity"
+            )
+    return body
+
+
+def _client_gone(environ: dict) -> bool:
+    """True when nginx has closed the connection: it answered 504 (or its client left)
+    while the request waited for a worker, so nobody is waiting for this answer."""
+    connection = environ.get("gunicorn.socket")
+    if connection is None:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # open, nothing to read: the usual case
+    except OSError:
+        return True
+
+
 def _error(status: int, message: str) -> Response:
     return Response(
         b'{"error":' + _json_string(message) + b"}", status, content_type="application/json"
@@ -93,7 +169,8 @@ def _json_string(text: str) -> bytes:
 
 def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = env.max_payload_mb << 20
+    limit = env.max_payload_mb << 20
+    app.config["MAX_CONTENT_LENGTH"] = limit
     default_accept = MediaType.parse(env.default_accept).essence if env.default_accept else ""
     execution_parameters = {
         "MaxConcurrentTransforms": env.workers,
@@ -111,7 +188,7 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
 
     @app.post("/invocations")
     def invocations() -> Response:
-        return invoke(loaded, request.environ, default_accept, app.config["MAX_CONTENT_LENGTH"])
+        return invoke(loaded, request.environ, default_accept, limit)
 
     @app.errorhandler(decoders.DecodeError)
     def bad_body(error: Exception) -> Response:
@@ -123,6 +200,11 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
         log.info("invocation refused (415): %s", error)
         return _error(415, str(error))
 
+    @app.errorhandler(RequestError)
+    def refused(error: RequestError) -> Response:
+        log.info("invocation refused (%d): %s", error.status, error)
+        return _error(error.status, str(error))
+
     @app.errorhandler(encoders.NotAcceptable)
     def bad_accept(error: Exception) -> Response:
         log.info("invocation refused (406): %s", error)
@@ -132,7 +214,11 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
     def http_error(error: HTTPException) -> Response:
         if error.code == 413:
             return _error(413, f"request body too large: the limit is {env.max_payload_mb} MB")
-        return _error(error.code or 500, f"{error.name}: {request.method} {request.path}")
+        response = _error(error.code or 500, f"{error.name}: {request.method} {request.path}")
+        allowed = getattr(error, "valid_methods", None)  # a 405 says what the path takes
+        if allowed:
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(error: Exception) -> Response:

@@ -2,7 +2,8 @@
 
 gunicorn preloads this module in its master process (preload_app), so the model is read
 once, before any worker exists, and the forked workers share it copy-on-write. A model
-that cannot be loaded stops the server here with one line naming the file.
+that cannot be loaded stops the server here with one line naming the file and exit code
+EXIT_NO_MODEL (3).
 """
 
 import logging
@@ -21,15 +22,16 @@ log = logging.getLogger("kmeans.serve")
 
 environment = Environment.read()
 try:
-    loaded = model.load(environment.paths.model)
+    loaded = model.load(environment.paths.model, environment.allow_pickle)
 except model.ModelError as error:
     print(f"serve: cannot start: {error}", file=sys.stderr, flush=True)
     sys.exit(EXIT_NO_MODEL)
 for warning in loaded.warnings:
     log.warning("%s", warning)
 log.info(
-    "model loaded: %s, k=%s, %d features",
-    type(loaded.estimator).__name__,
+    "model loaded from %s: %s, k=%s, %d features",
+    loaded.source,
+    loaded.kind,
     loaded.metadata.get("k", "?"),
     loaded.feature_dim,
 )
