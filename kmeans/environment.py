@@ -82,6 +82,10 @@ def _int(env: dict[str, str], names: tuple[str, ...], default: int, minimum: int
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, "seconds")
+
+
+def _number(env: dict[str, str], name: str, default: float, unit: str) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -90,8 +94,15 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:
-        raise SettingError(f"{name} must be a number of seconds ≥ 0, got {raw!r}")
+        raise SettingError(f"{name} must be a number of {unit} ≥ 0, got {raw!r}")
     return value
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip()
+    if raw.lower() not in ("", "true", "false"):
+        raise SettingError(f"{name} must be true or false, got {raw!r}")
+    return raw.lower() == "true"
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,8 @@ class Environment:
     pipe_wait_seconds: float = 60.0  # how long to wait for the next Pipe-mode FIFO
     checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
     runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
+    multi_model: bool = False  # a multi-model endpoint: the /models API, no model at start
+    model_memory_mb: float = 0.0  # multi-model: what loaded models may take; 0: half the RAM
 
     @classmethod
     def read(cls, env: dict[str, str] | None = None) -> Environment:
@@ -130,4 +143,6 @@ class Environment:
             pipe_wait_seconds=_seconds(env, "SAGE_KMEANS_PIPE_WAIT_SECONDS", 60.0),
             checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
+            multi_model=_flag(env, "SAGEMAKER_MULTI_MODEL"),
+            model_memory_mb=_number(env, "SAGE_KMEANS_MODEL_MEMORY_MB", 0.0, "MB"),
         )

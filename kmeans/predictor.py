@@ -1,7 +1,9 @@
 """The Flask app behind gunicorn: /ping, /invocations and /execution-parameters.
 
 Built by create_app() from an already loaded model and the environment snapshot, so
-tests build as many as they like and gunicorn loads the model once, before forking.
+tests build as many as they like and gunicorn loads the model once, before forking;
+or, for a multi-model endpoint, from the registry, with the /models API in its place
+(kmeans/multi_model.py). Either way one function answers a prediction request.
 Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
 """
 
@@ -17,9 +19,10 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from kmeans import decoders, encoders, model
+from kmeans import decoders, encoders, model, multi_model
 from kmeans.content_types import CSV, MediaType
 from kmeans.environment import Environment
+from kmeans.registry import Registry
 
 log = logging.getLogger("kmeans.serve")
 
@@ -34,14 +37,14 @@ def _stamp(second: int) -> str:
 
 
 def _log_request(
-    records: int, size: int, kind: str, answer: int, answer_kind: str, started: float
+    records: int, size: int, kind: str, answer: int, answer_kind: str, started: float, note: str
 ) -> None:
     """The one line each invocation logs, written straight to stdout: through `logging`
     it costs a third of what a one-record request costs in all."""
     elapsed = (time.perf_counter() - started) * 1000
     sys.stdout.write(
         f"{_stamp(int(time.time()))} INFO invocation: {records} records, {size} bytes "
-        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms\n"
+        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms{note}\n"
     )
     sys.stdout.flush()
 
@@ -56,7 +59,7 @@ def _json_string(text: str) -> bytes:
     return orjson.dumps(" ".join(text.split()))
 
 
-def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
+def create_app(loaded: model.LoadedModel | Registry, env: Environment) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = env.max_payload_mb << 20
     default_accept = MediaType.parse(env.default_accept).essence if env.default_accept else ""
@@ -74,23 +77,31 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
     def parameters() -> dict[str, object]:
         return execution_parameters
 
-    @app.post("/invocations")
-    def invocations() -> Response:
-        started = time.perf_counter()
+    def predict(served: model.LoadedModel, started: float, note: str = "") -> Response:
+        """A prediction request, for /invocations and /models/<name>/invoke alike:
+        decode the body, assign the rows, encode the answer, echo the custom attributes."""
         environ = request.environ  # plain dict look-ups: this path is paid per record
         media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
         request_type = media.essence
         accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
         body = request.get_data(cache=False)
-        rows = decoders.decode(body, media, loaded.feature_dim)
-        labels, distances = loaded.assign(rows)
+        rows = decoders.decode(body, media, served.feature_dim)
+        labels, distances = served.assign(rows)
         answer = encoders.ENCODERS[accept](labels, distances)
         response = Response(answer, 200, content_type=accept)
         attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
         if attributes is not None:
             response.headers[CUSTOM_ATTRIBUTES] = attributes
-        _log_request(len(rows), len(body), request_type, len(answer), accept, started)
+        _log_request(len(rows), len(body), request_type, len(answer), accept, started, note)
         return response
+
+    if isinstance(loaded, Registry):
+        multi_model.add_routes(app, loaded, predict, _error)
+    else:
+
+        @app.post("/invocations")
+        def invocations() -> Response:
+            return predict(loaded, time.perf_counter())
 
     @app.errorhandler(decoders.DecodeError)
     def bad_body(error: Exception) -> Response:
