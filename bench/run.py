@@ -5,7 +5,8 @@
 
 Benchmarks: single-record and ~6 MB requests (wrk on loopback against `serve`, the stack
 ceiling and the naive predictor), training on blob data (ours against the naive trainer),
-start-up time and memory of each serving stack, and the image size. Every figure is a
+start-up time and memory of each serving stack, the image size, and multi-model
+endpoints against single-model serving (bench/multi_model.py). Every figure is a
 median over repeats, runs interleaved so noise falls on all sides alike; each ratio is
 the median of the per-repeat ratios. The report keeps the hand-written findings below
 its FINDINGS marker. Exits non-zero if any request failed or the stacks disagreed.
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import joblib
 import numpy as np
 
-from bench import data, report
+from bench import data, multi_model, report
 from bench.common import (
     BENCH,
     FEATURES,
@@ -246,7 +247,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, help="seconds a wrk run (overrides the mode)")
     parser.add_argument("--repeats", type=int, help="wrk repeats (overrides the mode)")
     parser.add_argument(
-        "--only", default="requests,training,startup,image", help="benchmarks to run"
+        "--only", default="requests,training,startup,multi-model,image", help="benchmarks to run"
     )
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
@@ -269,7 +270,7 @@ def main() -> int:
             results[name] = function()
             print(f"bench: {name} done in {time.monotonic() - begun:.0f} s", flush=True)
 
-    if only & {"requests", "startup"}:
+    if only & {"requests", "startup", "multi-model"}:
         base, bodies, rows = prepare_serving(args.work, args.data)
 
         def requests() -> dict:
@@ -279,6 +280,9 @@ def main() -> int:
 
         step("requests", requests)
         step("startup", lambda: bench_startup(mode, base, bodies["single"], logs))
+        step(
+            "multi-model", lambda: multi_model.bench(mode, base, args.work, bodies["single"], logs)
+        )
     step("training", lambda: bench_training(mode, args.work, args.data))
     step("image", bench_image)
     raw = args.work / f"results-{mode.name}.json"  # every repeat, for a closer look

@@ -29,6 +29,7 @@ TABLES = {
     "## 2. Large requests": "| body | stack | req/s | rows/s | p50 ms | p99 ms |",
     "## 3. Training": "| trainer | wall s | load s | fit s | peak RSS MB |",
     "## 4. Start-up and memory": "| workers | stack | first 200 s | PSS MB | RSS MB |",
+    "## 6. Multi-model endpoints": "| connections | endpoint | req/s | p50 ms | p99 ms |",
 }
 ROWS = [
     "| 1 | ours |",
@@ -40,6 +41,9 @@ ROWS = [
     "| json | naive |",
     "| 2 | ours |",
     "| 4 | naive |",
+    "| 1 | single-model |",
+    "| 16 | multi-model |",
+    "| POST /models (load) |",
 ]
 
 

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import requests
 from conftest import IRIS, SERVE, Server, entrypoint_env, free_port, make_job, run_train
-from test_serve import ERRORS, REQUESTS, ROWS, parse_answer
+from test_serve import ERRORS, REQUESTS, ROWS, parse_answer, sigterm_in_flight
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None,
@@ -502,26 +501,9 @@ def test_sigterm_finishes_the_invocation_in_flight_then_exits_0(
     base = tmp_path / "ml"
     server = start_server(base, **MULTI_MODEL)
     assert load(server, "busy", place(base, "busy", trained["iris"])).status_code == 200
-    body = trained["iris"].csv.encode()
     runtime = re.search(r"unix:(\S+)/gunicorn.sock", server.output()).group(1)
     assert Path(runtime, "models", "registry.json").is_file()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
-        connection.sendall(
-            b"POST /models/busy/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body[:10]
-        )
-        time.sleep(0.3)  # the request is now in flight, half uploaded
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(1.0)
-        assert server.process.poll() is None, "serve quit with an invocation in flight"
-        connection.sendall(body[10:])
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 10:
-            chunk = connection.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+    answer = sigterm_in_flight(server, "/models/busy/invoke", trained["iris"].csv.encode())
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert server.process.wait(30) == 0
     assert not Path(runtime).exists(), "the registry outlived the server"
