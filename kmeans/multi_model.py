@@ -89,6 +89,9 @@ def add_routes(
             message = f"the body must be {LOAD_BODY}, two non-empty strings"
             return refused(400, "model load", message)
         name, url = fields
+        if not url.startswith("/"):
+            message = f"url must be the model folder's absolute path, got {url!r}"
+            return refused(400, "model load", message)
         try:
             return _json(_described(registry.load(name, url)))
         except AlreadyLoaded as problem:

@@ -262,6 +262,11 @@ def test_load_and_unload_errors_are_one_line_of_json(server, trained, tmp_path) 
         (load(server, "empty", str(tmp_path)), 400, "model file"),
         (load(server, "corrupt", str(corrupt)), 400, "model file"),
         (
+            load(server, "relative", "models/x/model"),
+            400,
+            "url must be the model folder's absolute",
+        ),
+        (
             requests.post(server.url + "/models", data="{", timeout=5),
             400,
             'the body must be {"model_name"',
