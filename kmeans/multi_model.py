@@ -106,7 +106,7 @@ def add_routes(
     @app.get("/models")
     def listed() -> Response:
         limit = request.args.get("limit", str(PAGE_SIZE))
-        if not (limit.isdigit() and 1 <= int(limit) <= MAX_PAGE_SIZE):
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE_SIZE):
             message = f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}"
             return refused(400, "model list", message)
         entries = registry.entries()

@@ -119,12 +119,12 @@ class Registry:
     def get(self, name: str) -> model.LoadedModel | None:
         """This worker's copy of a loaded model (loaded now if it has none), or None."""
         self._sync()
-        held = self._models.get(name)
-        if held is not None:
-            return held[1]
         entry = self._table.get(name)
         if entry is None:
             return None
+        held = self._models.get(name)
+        if held is not None and held[0] == entry.serial:
+            return held[1]
         with self._loading:
             held = self._models.get(name)
             if held is None or held[0] != entry.serial:

@@ -300,6 +300,11 @@ def test_load_and_unload_errors_are_one_line_of_json(server, trained, tmp_path) 
             "limit must be an integer from 1 to 1000",
         ),
         (
+            requests.get(server.url + "/models", params={"limit": "²"}, timeout=5),
+            400,
+            "limit must be an integer from 1 to 1000, got '²'",
+        ),
+        (
             requests.get(server.url + "/models?next_page_token=%25%25", timeout=5),
             400,
             "next_page_token '%%' is not one this server gave",
@@ -523,15 +528,25 @@ def test_single_model_mode_has_no_models_api(trained, start_server, tmp_path) ->
     assert requests.post(server.url + "/models/x/invoke", timeout=5).status_code == 404
 
 
-def test_a_bad_multi_model_setting_stops_serve_with_one_line(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("SAGEMAKER_MULTI_MODEL", "yes", "SAGEMAKER_MULTI_MODEL must be true or false, got 'yes'"),
+        (
+            "SAGE_KMEANS_MODEL_MEMORY_MB",
+            "lots",
+            "SAGE_KMEANS_MODEL_MEMORY_MB must be a number of MB ≥ 0, got 'lots'",
+        ),
+    ],
+)
+def test_a_bad_multi_model_setting_stops_serve_with_one_line(tmp_path, name, value, message):
     env = entrypoint_env(
         tmp_path,
-        SAGEMAKER_MULTI_MODEL="yes",
+        SAGEMAKER_MULTI_MODEL="true",
         SAGEMAKER_BIND_TO_PORT=str(free_port()),
         SAGEMAKER_BIND_TO_HOST="127.0.0.1",
     )
+    env[name] = value
     result = subprocess.run([str(SERVE)], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
-        "serve: cannot start: SAGEMAKER_MULTI_MODEL must be true or false, got 'yes'"
-    ]
+    assert result.stderr.strip().splitlines() == [f"serve: cannot start: {message}"]
