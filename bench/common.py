@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import http.client
 import json
+import math
 import os
 import signal
 import socket
@@ -252,4 +253,7 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def ratio(ours: list[dict], other: list[dict], key: str) -> float:
-    return statistics.median(a[key] / b[key] for a, b in zip(ours, other, strict=True))
+    """The median of the paired ratios; a repeat in which `other` did nothing (a 2 s quick
+    run on a busy machine can answer no 6 MB request) has none; all such: NaN."""
+    pairs = [a[key] / b[key] for a, b in zip(ours, other, strict=True) if b[key]]
+    return statistics.median(pairs) if pairs else math.nan
