@@ -246,6 +246,10 @@ def report(mode: Mode, results: dict, header: list[str], old: str) -> str:
         from bench import multi_model  # it builds its tables with this module's helpers
 
         sections += multi_model.section(mode, results["multi-model"], summary)
+    if "distributed" in results:
+        from bench import distributed  # its own section, kept beside its benchmark
+
+        sections += distributed.section(mode, results["distributed"], summary)
     out = ["# Benchmark results", "", "Written by `bench/run.py` (see its docstring).", ""]
     out += [*header, "", "## Targets", "", *table(["target", "measured"], summary), *sections]
     default = f"{FINDINGS}\n\n## Findings\n\n(none yet)\n"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import joblib
 import numpy as np
 
-from bench import data, multi_model, report
+from bench import data, distributed, multi_model, report
 from bench.common import (
     BENCH,
     FEATURES,
@@ -247,7 +247,9 @@ def main() -> int:
     parser.add_argument("--duration", type=int, help="seconds a wrk run (overrides the mode)")
     parser.add_argument("--repeats", type=int, help="wrk repeats (overrides the mode)")
     parser.add_argument(
-        "--only", default="requests,training,startup,multi-model,image", help="benchmarks to run"
+        "--only",
+        default="requests,training,startup,multi-model,image,distributed",
+        help="benchmarks to run",
     )
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
@@ -285,6 +287,7 @@ def main() -> int:
         )
     step("training", lambda: bench_training(mode, args.work, args.data))
     step("image", bench_image)
+    step("distributed", lambda: distributed.bench(mode, args.work, args.data))
     raw = args.work / f"results-{mode.name}.json"  # every repeat, for a closer look
     raw.write_text(json.dumps(results, indent=1, default=str))
     old = out.read_text() if out.exists() else ""

@@ -119,6 +119,7 @@ class Environment:
     training_job_name: str = ""
     pipe_wait_seconds: float = 60.0  # how long to wait for the next Pipe-mode FIFO
     checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
+    join_seconds: float = 300.0  # several hosts: how long they have to join the leader
     runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
     multi_model: bool = False  # a multi-model endpoint: the /models API, no model at start
     model_memory_mb: float = 0.0  # multi-model: what loaded models may take; 0: half the RAM
@@ -142,6 +143,7 @@ class Environment:
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
             pipe_wait_seconds=_seconds(env, "SAGE_KMEANS_PIPE_WAIT_SECONDS", 60.0),
             checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),
+            join_seconds=_seconds(env, "SAGE_KMEANS_JOIN_TIMEOUT_SECONDS", 300.0),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
             multi_model=_flag(env, "SAGEMAKER_MULTI_MODEL"),
             model_memory_mb=_number(env, "SAGE_KMEANS_MODEL_MEMORY_MB", 0.0, "MB"),
