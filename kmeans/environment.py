@@ -82,6 +82,10 @@ def _int(env: dict[str, str], names: tuple[str, ...], default: int, minimum: int
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, "seconds")
+
+
+def _number(env: dict[str, str], name: str, default: float, unit: str) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -90,7 +94,7 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:
-        raise SettingError(f"{name} must be a number of seconds ≥ 0, got {raw!r}")
+        raise SettingError(f"{name} must be a number of {unit} ≥ 0, got {raw!r}")
     return value
 
 
@@ -122,6 +126,8 @@ class Environment:
     checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
     join_seconds: float = 300.0  # several hosts: how long they have to join the leader
     runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
+    multi_model: bool = False  # a multi-model endpoint: the /models API, no model at start
+    model_memory_mb: float = 0.0  # multi-model: what loaded models may take; 0: half the RAM
 
     @classmethod
     def read(cls, env: dict[str, str] | None = None) -> Environment:
@@ -145,4 +151,6 @@ class Environment:
             checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),
             join_seconds=_seconds(env, "SAGE_KMEANS_JOIN_TIMEOUT_SECONDS", 300.0),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
+            multi_model=_flag(env, "SAGEMAKER_MULTI_MODEL", False),
+            model_memory_mb=_number(env, "SAGE_KMEANS_MODEL_MEMORY_MB", 0.0, "MB"),
         )

@@ -1,7 +1,9 @@
 """The Flask app behind gunicorn: /ping, /invocations and /execution-parameters.
 
 Built by create_app() from an already loaded model and the environment snapshot, so
-tests build as many as they like and gunicorn loads the model once, before forking.
+tests build as many as they like and gunicorn loads the model once, before forking;
+or, for a multi-model endpoint, from the registry, with the /models API in its place
+(kmeans/multi_model.py). Either way one function answers a prediction request.
 Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
 Request bodies are read by read_body(): gzip and deflate bodies are inflated there, never
 past the payload limit, and a request whose client has left is not worked on.
@@ -20,9 +22,10 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from kmeans import decoders, encoders, model
+from kmeans import decoders, encoders, model, multi_model
 from kmeans.content_types import CSV, MediaType
 from kmeans.environment import Environment
+from kmeans.registry import Registry
 
 log = logging.getLogger("kmeans.serve")
 
@@ -38,7 +41,7 @@ def _stamp(second: int) -> str:
 
 
 def _log_request(
-    records: int, size: int, kind: str, answer: int, answer_kind: str, started: float
+    records: int, size: int, kind: str, answer: int, answer_kind: str, started: float, note: str
 ) -> None:
     """The one line each invocation logs, written straight to stdout's file descriptor in
     one call: through `logging` it costs a third of what a one-record request costs in
@@ -47,14 +50,21 @@ def _log_request(
     os.write(
         STDOUT,
         f"{_stamp(int(time.time()))} INFO invocation: {records} records, {size} bytes "
-        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms\n".encode(),
+        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms{note}\n".encode(),
     )
 
 
-def invoke(loaded: model.LoadedModel, environ: dict, default_accept: str, limit: int) -> Response:
-    """One invocation: the body decoded, assigned and encoded as Accept asks, and logged.
-    Plain dict look-ups in the WSGI environ: this path is paid per request."""
-    started = time.perf_counter()
+def invoke(
+    loaded: model.LoadedModel,
+    environ: dict,
+    default_accept: str,
+    limit: int,
+    started: float,
+    note: str = "",
+) -> Response:
+    """One invocation: the body decoded, assigned and encoded as Accept asks, the custom
+    attributes echoed, and one line logged (`note` ends it). Plain dict look-ups in the
+    WSGI environ: this path is paid per request."""
     media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
     request_type = media.essence
     accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
@@ -66,7 +76,7 @@ def invoke(loaded: model.LoadedModel, environ: dict, default_accept: str, limit:
     attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
     if attributes is not None:
         response.headers[CUSTOM_ATTRIBUTES] = attributes
-    _log_request(len(rows), len(body), request_type, len(answer), accept, started)
+    _log_request(len(rows), len(body), request_type, len(answer), accept, started, note)
     return response
 
 
@@ -167,7 +177,7 @@ def _json_string(text: str) -> bytes:
     return orjson.dumps(" ".join(text.split()))
 
 
-def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
+def create_app(loaded: model.LoadedModel | Registry, env: Environment) -> Flask:
     app = Flask(__name__)
     limit = env.max_payload_mb << 20
     app.config["MAX_CONTENT_LENGTH"] = limit
@@ -186,9 +196,17 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
     def parameters() -> dict[str, object]:
         return execution_parameters
 
-    @app.post("/invocations")
-    def invocations() -> Response:
-        return invoke(loaded, request.environ, default_accept, limit)
+    def predict(served: model.LoadedModel, started: float, note: str = "") -> Response:
+        """A prediction request, for /invocations and /models/<name>/invoke alike."""
+        return invoke(served, request.environ, default_accept, limit, started, note)
+
+    if isinstance(loaded, Registry):
+        multi_model.add_routes(app, loaded, predict, _error)
+    else:
+
+        @app.post("/invocations")
+        def invocations() -> Response:
+            return predict(loaded, time.perf_counter())
 
     @app.errorhandler(decoders.DecodeError)
     def bad_body(error: Exception) -> Response:

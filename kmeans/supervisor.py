@@ -62,6 +62,7 @@ def write_nginx_config(env: Environment, runtime: Path) -> Path:
         "@PORT@": str(env.port),
         "@MAX_BODY_MB@": str(env.max_payload_mb),
         "@TIMEOUT@": str(env.timeout),
+        "@MULTI_MODEL@": "" if env.multi_model else "# ",
     }.items():
         text = text.replace(name, value)
     path = runtime / "nginx.conf"

@@ -326,12 +326,11 @@ def test_no_5xx_while_starting(trained, start_server) -> None:
     assert not [s for s in statuses if s is not None and s != 200], statuses
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(trained, start_server) -> None:
-    server = start_server(trained)
-    body = CSV_BODY.encode()
+def sigterm_in_flight(server, path: str, body: bytes) -> bytes:
+    """Send half a CSV request, SIGTERM serve, send the rest: the answer serve gave."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
         connection.sendall(
-            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n".encode()
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
@@ -346,6 +345,12 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(trained, start_serv
             if not chunk:
                 break
             answer += chunk
+    return answer
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(trained, start_server) -> None:
+    server = start_server(trained)
+    answer = sigterm_in_flight(server, "/invocations", CSV_BODY.encode())
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert server.process.wait(30) == 0
     assert not server.pids()["nginx"] and not server.pids()["gunicorn"]
