@@ -59,6 +59,12 @@ class Training:
         return archive_files(self.output_tar)
 
 
+def tail(log: str) -> str:
+    """The end of each part of a log: what the containers printed, and the SDK."""
+    containers, _, sdk = log.partition("\n--- the SDK (stderr):\n")
+    return f"{containers[-3000:]}\n--- the SDK (stderr), its end:\n{sdk[-3000:]}"
+
+
 def archive_files(path: Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
@@ -82,8 +88,8 @@ class LocalMode:
             timeout=timeout,
             cwd=ROOT,
         )
-        log = f"{out}\n{err}"
-        assert status == 0, f"local_mode.py {action} exited {status}:\n{log[-6000:]}"
+        log = f"--- the containers (stdout):\n{out}\n--- the SDK (stderr):\n{err}"
+        assert status == 0, f"local_mode.py {action} exited {status}:\n{tail(log)}"
         return json.loads((root / "report.json").read_text()), log
 
     def train(
@@ -105,7 +111,8 @@ class LocalMode:
     def serve(self, action: str, model_tar: Path, **spec) -> dict:
         """An endpoint or transform action on this model, on a free loopback port."""
         report, log = self.run(action, model=str(model_tar), port=free_port(), **spec)
-        assert "error" not in report, f"{report['error']}\n{log[-6000:]}"
+        if "error" in report:
+            pytest.fail(f"{report['error']}\ncontainers: {report['containers']}\n{tail(log)}")
         return report
 
 
@@ -121,7 +128,7 @@ def local_mode(image: str, tmp_path_factory: pytest.TempPathFactory) -> LocalMod
 @pytest.fixture(scope="module")
 def trained(local_mode: LocalMode) -> Training:
     training = local_mode.train({"k": 3, "eval_metrics": ["msd", "ssd"]})
-    assert training.error is None, training.log[-6000:]
+    assert training.error is None, tail(training.log)
     return training
 
 
@@ -144,7 +151,7 @@ def test_model_trainer_in_local_mode_trains(local_mode: LocalMode, instance_coun
     training = local_mode.train(
         {"k": 3, "eval_metrics": ["msd", "ssd"]}, instance_count=instance_count
     )
-    assert training.error is None, training.log[-6000:]
+    assert training.error is None, tail(training.log)
     assert "no command given" in training.log and "so: train" in training.log
     assert "#quality_metric: host=algo-1, train msd <loss>=" in training.log
     model = training.model_files()
@@ -159,7 +166,8 @@ def test_model_trainer_in_local_mode_trains(local_mode: LocalMode, instance_coun
 
 def test_a_failing_job_fails_in_the_sdk_with_the_reason(local_mode: LocalMode) -> None:
     training = local_mode.train({"k": 1})
-    assert training.error is not None and "exited with code: 1" in training.error, training.log
+    assert training.error is not None, tail(training.log)
+    assert "exited with code: 1" in training.error, training.error
     failure = training.output_files()["failure"].decode()
     assert failure.startswith("k must be an integer ≥ 2, got '1'"), failure
     assert training.model_files() == {}

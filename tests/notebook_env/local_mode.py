@@ -180,7 +180,7 @@ def main() -> int:
         report = action(spec, root)
     except Exception as error:
         traceback.print_exc()
-        report = {"error": f"{type(error).__name__}: {error}"}
+        report = {"error": f"{type(error).__name__}: {error}", "containers": containers(root)}
     finally:
         remove_containers(root)
     report_file.write_text(json.dumps(report, indent=2))
