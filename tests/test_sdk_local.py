@@ -50,6 +50,7 @@ class Training:
     model_tar: Path
     output_tar: Path
     error: str | None
+    containers: list[dict]  # one per host: name, running, exit_code
     log: str
 
     def model_files(self) -> dict[str, bytes]:
@@ -106,7 +107,13 @@ class LocalMode:
             hyperparameters=hyperparameters,
             channels={name: [str(folder), kind] for name, (folder, kind) in channels.items()},
         )
-        return Training(Path(report["model"]), Path(report["output"]), report.get("error"), log)
+        return Training(
+            Path(report["model"]),
+            Path(report["output"]),
+            report.get("error"),
+            report["containers"],
+            log,
+        )
 
     def serve(self, action: str, model_tar: Path, **spec) -> dict:
         """An endpoint or transform action on this model, on a free loopback port."""
@@ -152,6 +159,7 @@ def test_model_trainer_in_local_mode_trains(local_mode: LocalMode, instance_coun
         {"k": 3, "eval_metrics": ["msd", "ssd"]}, instance_count=instance_count
     )
     assert training.error is None, tail(training.log)
+    assert [c["exit_code"] for c in training.containers] == [0] * instance_count
     assert "no command given" in training.log and "so: train" in training.log
     assert "#quality_metric: host=algo-1, train msd <loss>=" in training.log
     model = training.model_files()

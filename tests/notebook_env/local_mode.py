@@ -6,8 +6,8 @@ SPEC says what to do ("action") and with what; REPORT gets what happened, for th
 to judge (tests/test_sdk_local.py). Everything happens under SPEC's "root" folder:
 - train: SDK v3 `ModelTrainer(training_mode=Mode.LOCAL_CONTAINER)` with `instance_count`
   hosts, `channels` {name: [folder, content type or null]} and `hyperparameters`; the SDK
-  starts the image with no argument through docker-compose. Reports the model.tar.gz and
-  output.tar.gz it assembled, or the error.
+  starts the image with no argument through docker-compose, one container per host. Reports
+  the model.tar.gz and output.tar.gz it assembled, the error if any, and how each host ended.
 - endpoint: sagemaker-core's `LocalSession`: create_model (`model`, a model.tar.gz),
   create_endpoint_config, create_endpoint, one invoke_endpoint per entry of `requests`
   ({body, content_type, accept, custom_attributes}), then delete all three. Reports the
@@ -60,8 +60,8 @@ def train(spec: dict, root: Path) -> dict:
     try:
         trainer.train(input_data_config=channels, wait=True, logs=True)
     except Exception as error:  # a failed job: the test reads output.tar.gz's failure file
-        return {**report, "error": f"{type(error).__name__}: {error}"}
-    return report
+        report["error"] = f"{type(error).__name__}: {error}"
+    return {**report, "containers": containers(root)}
 
 
 def local_session(spec: dict, root: Path) -> LocalSession:
