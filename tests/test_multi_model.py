@@ -534,7 +534,7 @@ def test_single_model_mode_has_no_models_api(trained, start_server, tmp_path) ->
 @pytest.mark.parametrize(
     "name,value,message",
     [
-        ("SAGEMAKER_MULTI_MODEL", "maybe", "SAGEMAKER_MULTI_MODEL must be true or false, got 'maybe'"),
+        ("SAGEMAKER_MULTI_MODEL", "on", "SAGEMAKER_MULTI_MODEL must be true or false, got 'on'"),
         (
             "SAGE_KMEANS_MODEL_MEMORY_MB",
             "lots",
