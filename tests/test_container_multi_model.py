@@ -2,7 +2,7 @@
 SAGEMAKER_MULTI_MODEL=true loads, lists, invokes and unloads models the image's own
 `train` made, unpacked under /opt/ml/models/<name>/model as the platform unpacks them.
 
-Same image and skip rules as tests/test_container.py, whose fixtures it shares.
+Same image and skip rules as tests/test_container.py, whose `trained` fixture it shares.
 """
 
 import json
@@ -17,9 +17,10 @@ from pathlib import Path
 import joblib
 import numpy as np
 import test_container
-from test_container import PAYLOAD, docker, free_port, fresh_test_dir, train, wait_for_ping
+from conftest import docker, free_port
+from test_container import PAYLOAD, fresh_test_dir, train, wait_for_ping
 
-image, trained = test_container.image, test_container.trained  # its fixtures, shared
+trained = test_container.trained  # its module fixture, shared (`image` is conftest's)
 
 
 def call(method: str, url: str, body: bytes | None = None, **headers: str) -> tuple[int, bytes]:

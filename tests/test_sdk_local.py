@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import uuid
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ def test_model_trainer_in_local_mode_trains(local_mode: LocalMode, instance_coun
     assert "no command given" in training.log and "so: train" in training.log
     assert "#quality_metric: host=algo-1, train msd <loss>=" in training.log
     model = training.model_files()
-    assert set(model) == {"model.joblib", "model.json"}
+    assert set(model) == {"model.joblib", "model.json", "model.npz"}
     assert json.loads(model["model.json"])["k"] == 3
     output = training.output_files()
     assert {"data/centers.csv", "data/summary.json"} <= set(output), sorted(output)
@@ -261,3 +262,63 @@ def test_local_batch_transform_splits_a_large_file_into_1_mb_requests(
     assert scores[:, 0].astype(int).tolist() == labels.tolist()
     np.testing.assert_allclose(scores[:, 1], distances, rtol=1e-6)
     assert_stopped_cleanly(report["containers"])
+
+
+# --- several hosts ------------------------------------------------------------------------
+
+
+def inertia(training: Training, rows: np.ndarray) -> float:
+    """The sum of squared distances of `rows` to their closest centre of the trained model."""
+    _, distances = expected(training, rows)
+    return float(np.sum(distances**2))
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """60,000 rows of 6 features around 5 centres, in 2 CSV files of unequal size: fewer
+    files than 3 hosts, so byte ranges of a file are split too."""
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(-20, 20, size=(5, 6))
+    rows = np.round(centres[rng.integers(0, 5, 60_000)] + rng.normal(size=(60_000, 6)), 4)
+    folder = tmp_path_factory.mktemp("blobs")
+    np.savetxt(folder / "a.csv", rows[:38_000], delimiter=",", fmt="%.4f")
+    np.savetxt(folder / "b.csv", rows[38_000:], delimiter=",", fmt="%.4f")
+    return folder, rows
+
+
+@pytest.fixture(scope="module")
+def one_host(local_mode: LocalMode, blobs: tuple[Path, np.ndarray]) -> Training:
+    training = local_mode.train({"k": 5, "seed": 3}, {"train": (blobs[0], "text/csv")})
+    assert training.error is None, tail(training.log)
+    return training
+
+
+@pytest.mark.parametrize("instance_count", [2, 3])
+def test_model_trainer_with_several_instances_trains_one_model_on_every_row(
+    local_mode: LocalMode,
+    blobs: tuple[Path, np.ndarray],
+    one_host: Training,
+    instance_count: int,
+) -> None:
+    """compute=Compute(instance_count=N): N containers on the SDK's network train one
+    model together, each row once; every container exits 0; the model is as good as one
+    host's on the same data."""
+    folder, rows = blobs
+    training = local_mode.train(
+        {"k": 5, "seed": 3}, {"train": (folder, "text/csv")}, instance_count=instance_count
+    )
+    assert training.error is None, tail(training.log)
+    assert len(training.containers) == instance_count, training.containers
+    assert [c["exit_code"] for c in training.containers] == [0] * instance_count, tail(training.log)
+    names = [f"algo-{n}" for n in range(1, instance_count + 1)]
+    assert set(training.model_files()) == {"model.joblib", "model.json", "model.npz"}
+    model_json = json.loads(training.model_files()["model.json"])
+    assert model_json["hosts"] == names and model_json["rows"] == len(rows)
+    summary = json.loads(training.output_files()["data/summary.json"])
+    assert summary["hosts"] == names and summary["rows"] == len(rows)
+    for name in names:  # every host read its share of the files
+        assert f"host {name}: " in training.log and " of channel 'train' in " in training.log
+    metric_hosts = set(re.findall(r"#quality_metric: host=(algo-\d+)", training.log))
+    assert metric_hosts == {"algo-1"}, "metric lines must come from the leader only"
+    ours, single = inertia(training, rows), inertia(one_host, rows)
+    assert abs(ours - single) <= 0.01 * single, (ours, single)
