@@ -144,7 +144,9 @@ def test_serve_predicts_and_stops_cleanly(image: str, trained, user: str) -> Non
     serve_predict_and_stop(image, base, user)
 
 
-def serve_predict_and_stop(image: str, base: Path, user: str = "root") -> None:
+def serve_predict_and_stop(
+    image: str, base: Path, user: str = "root", ping_seconds: float = 120
+) -> None:
     """serve_local.sh serves the model in `base`, predict.sh gets one answer line per row of
     payload.csv, and `docker stop` ends it with exit status 0 well within its grace period."""
     port, name = free_port(), f"sage-kmeans-test-{uuid.uuid4().hex[:8]}"
@@ -162,7 +164,7 @@ def serve_predict_and_stop(image: str, base: Path, user: str = "root") -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for_ping(url, server)
+        wait_for_ping(url, server, ping_seconds)
         answer = subprocess.run(
             [str(ROOT / "predict.sh"), url, str(PAYLOAD), "text/csv"],
             capture_output=True,
