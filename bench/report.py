@@ -242,6 +242,10 @@ def report(mode: Mode, results: dict, header: list[str], old: str) -> str:
         sections += startup_section(mode, results["startup"], summary)
     if "image" in results:
         sections += image_section(results["image"], summary)
+    if "distributed" in results:
+        from bench import distributed  # its own section, kept beside its benchmark
+
+        sections += distributed.section(mode, results["distributed"], summary)
     out = ["# Benchmark results", "", "Written by `bench/run.py` (see its docstring).", ""]
     out += [*header, "", "## Targets", "", *table(["target", "measured"], summary), *sections]
     default = f"{FINDINGS}\n\n## Findings\n\n(none yet)\n"

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import joblib
 import numpy as np
 
-from bench import data, report
+from bench import data, distributed, report
 from bench.common import (
     BENCH,
     FEATURES,
@@ -246,7 +246,9 @@ def main() -> int:
     parser.add_argument("--duration", type=int, help="seconds a wrk run (overrides the mode)")
     parser.add_argument("--repeats", type=int, help="wrk repeats (overrides the mode)")
     parser.add_argument(
-        "--only", default="requests,training,startup,image", help="benchmarks to run"
+        "--only",
+        default="requests,training,startup,image,distributed",
+        help="benchmarks to run",
     )
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
@@ -281,6 +283,7 @@ def main() -> int:
         step("startup", lambda: bench_startup(mode, base, bodies["single"], logs))
     step("training", lambda: bench_training(mode, args.work, args.data))
     step("image", bench_image)
+    step("distributed", lambda: distributed.bench(mode, args.work, args.data))
     raw = args.work / f"results-{mode.name}.json"  # every repeat, for a closer look
     raw.write_text(json.dumps(results, indent=1, default=str))
     old = out.read_text() if out.exists() else ""

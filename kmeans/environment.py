@@ -108,6 +108,7 @@ class Environment:
     training_job_name: str = ""
     pipe_wait_seconds: float = 60.0  # how long to wait for the next Pipe-mode FIFO
     checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
+    join_seconds: float = 300.0  # several hosts: how long they have to join the leader
     runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
 
     @classmethod
@@ -129,5 +130,6 @@ class Environment:
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
             pipe_wait_seconds=_seconds(env, "SAGE_KMEANS_PIPE_WAIT_SECONDS", 60.0),
             checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),
+            join_seconds=_seconds(env, "SAGE_KMEANS_JOIN_TIMEOUT_SECONDS", 300.0),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
         )

@@ -91,6 +91,39 @@ def fit(hp: Hyperparameters, features: np.ndarray) -> BaseEstimator:
     return without_in_place_copies(estimator)
 
 
+def fitted_scaler(
+    mean: np.ndarray, variance: np.ndarray, scale: np.ndarray, rows: int
+) -> StandardScaler:
+    """A StandardScaler holding statistics computed elsewhere (over several hosts)."""
+    scaler = StandardScaler()
+    scaler.mean_, scaler.var_, scaler.scale_ = mean, variance, scale
+    scaler.n_samples_seen_, scaler.n_features_in_ = rows, len(mean)
+    return scaler
+
+
+def assemble(
+    hp: Hyperparameters,
+    centres: np.ndarray,
+    scaler: StandardScaler | None,
+    inertia: float,
+    iterations: int,
+) -> BaseEstimator:
+    """The estimator `fit` would return, from centres found elsewhere (over several hosts).
+
+    Fitting a KMeans on its own k centres, starting from them, returns exactly those
+    centres; that makes a fitted scikit-learn KMeans without touching its private state."""
+    kmeans = KMeans(n_clusters=hp.k, init=centres, n_init=1, max_iter=1, random_state=hp.seed)
+    kmeans.fit(centres)
+    kmeans.cluster_centers_ = np.array(centres, np.float64)  # bit for bit, whatever fit did
+    kmeans.set_params(init=hp.init, n_init=hp.n_init, max_iter=hp.max_iter, tol=hp.tol)
+    kmeans.set_params(algorithm=hp.algorithm)
+    kmeans.inertia_, kmeans.n_iter_ = float(inertia), int(iterations)
+    del kmeans.labels_  # the labels of the centres themselves would mislead
+    if scaler is not None:
+        return Pipeline([("scale", scaler), ("kmeans", kmeans)])
+    return kmeans
+
+
 def without_in_place_copies(estimator: BaseEstimator) -> BaseEstimator:
     """Training worked in place to save memory; the saved model must not touch the
     arrays people pass to it."""

@@ -138,33 +138,30 @@ class Trainer:
             compute_labels=False,
         )
 
-    def _learn(self, chunk: np.ndarray, last_pass: bool, measure: bool) -> float:
-        """Learn from one chunk; returns its mean squared distance before learning
-        (measured in the last pass, or when `measure` asks for a progress line)."""
+    def _learn(self, chunk: np.ndarray, last_pass: bool) -> float:
+        """Learn from one chunk; returns its sum of squared distances before learning (for
+        the progress lines, and the metrics of the last pass)."""
         state = self.state
         if state.kmeans is None:
             self._start(chunk)
         if state.scaler is not None:
             chunk = state.scaler.transform(chunk).astype(np.float32, copy=False)
-        msd = float("nan")
         kmeans = state.kmeans
         fresh = not hasattr(kmeans, "cluster_centers_")
         if fresh:  # the first chunk picks the centres: score it after, not before
             kmeans.partial_fit(chunk)
-        if last_pass or measure:
-            labels, nearest = model.assign(kmeans, chunk)
-            ssd = float(nearest @ nearest)
-            msd = ssd / len(chunk)
-            if last_pass:
-                sizes = state.last_pass["sizes"] or [0] * self.hp.k
-                counts = np.bincount(labels, minlength=self.hp.k)
-                state.last_pass["sizes"] = [a + int(b) for a, b in zip(sizes, counts, strict=True)]
-                state.last_pass["ssd"] += ssd
-                state.last_pass["rows"] += len(chunk)
+        labels, nearest = model.assign(kmeans, chunk)
+        ssd = float(nearest @ nearest)
+        if last_pass:
+            sizes = state.last_pass["sizes"] or [0] * self.hp.k
+            counts = np.bincount(labels, minlength=self.hp.k)
+            state.last_pass["sizes"] = [a + int(b) for a, b in zip(sizes, counts, strict=True)]
+            state.last_pass["ssd"] += ssd
+            state.last_pass["rows"] += len(chunk)
         if not fresh:
             kmeans.partial_fit(chunk)
         state.rows_done += len(chunk)
-        return msd
+        return ssd
 
     def _check(self, block: channels.Block) -> np.ndarray:
         channels.check_block(block)
@@ -213,16 +210,17 @@ class Trainer:
         pending_rows = 0
         wanted = self.chunk_rows if state.kmeans else max(self.chunk_rows, 20 * self.hp.k)
 
-        def feed(rows: np.ndarray) -> float:
-            msd = self._learn(rows, last_pass, time.monotonic() - logged >= LOG_SECONDS)
+        measured = [0.0, 0]  # sum of squared distances and rows of the batches fed so far
+
+        def feed(rows: np.ndarray) -> None:
+            measured[0] += self._learn(rows, last_pass)
+            measured[1] += len(rows)
             if self.settings.stop_requested():
                 self._save()
                 raise Interrupted(f"epoch {state.epoch}, {state.rows_done} rows into it")
             if time.monotonic() - self.saved_at >= self.settings.checkpoint_seconds:
                 self._save()
-            return msd
 
-        msd = float("nan")
         for block in channels.blocks(channel, run_pass, self.settings.pipe_wait_seconds):
             rows = self._check(block)
             if skip:
@@ -233,27 +231,31 @@ class Trainer:
             seen += len(rows)
             while pending_rows >= wanted:
                 merged = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                msd = feed(merged[:wanted])
+                feed(merged[:wanted])
                 pending = [merged[wanted:]]
                 pending_rows = len(pending[0])
                 wanted = self.chunk_rows
             if time.monotonic() - logged >= LOG_SECONDS:
                 logged = time.monotonic()
-                self._progress(seen, started, msd)
+                self._progress(seen, started, measured)
         if pending_rows:
-            msd = feed(np.concatenate(pending))
-        self._progress(seen, started, msd, done=True)
+            feed(np.concatenate(pending))
+        self._progress(seen, started, measured, done=True)
 
-    def _progress(self, seen: int, started: float, msd: float, done: bool = False) -> None:
+    def _progress(self, seen: int, started: float, measured: list, done: bool = False) -> None:
+        """A progress line: rows read, their rate, and the mean squared distance of the
+        batches seen in this epoch so far, each measured just before the model learned
+        from it."""
         elapsed = max(time.monotonic() - started, 1e-9)
+        ssd, rows = measured
         log.info(
-            "epoch %d/%d%s: %d rows, %.0f rows/s, batch msd %.6g",
+            "epoch %d/%d%s: %d rows, %.0f rows/s, msd of its batches %s",
             self.state.epoch + 1,
             self.hp.epochs,
             " done" if done else "",
             seen,
             seen / elapsed,
-            msd,
+            f"{ssd / rows:.6g}" if rows else "(none learned yet)",
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kmeans import channels, hyperparameters, model, streaming
+from kmeans import channels, hosts, hyperparameters, model, reduction, streaming
 from kmeans.environment import Environment, Paths, SettingError
 
 log = logging.getLogger("kmeans.train")
@@ -70,16 +70,10 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def current_host(paths: Paths) -> str:
-    if paths.resource_config.is_file():
-        try:
-            return str(json.loads(paths.resource_config.read_text()).get("current_host", "algo-1"))
-        except (ValueError, AttributeError):
-            log.warning("%s is not valid JSON; assuming host algo-1", paths.resource_config)
-    return "algo-1"
+Fitted = tuple[Any, dict[str, Any]]  # the estimator, and what the summary says of the fit
 
 
-def _full_batch(hp: hyperparameters.Hyperparameters, train: channels.Channel) -> dict[str, Any]:
+def _full_batch(hp: hyperparameters.Hyperparameters, train: channels.Channel) -> Fitted:
     """Load the whole channel into one float32 array and fit KMeans on it."""
     started = time.perf_counter()
     data = channels.load(train)
@@ -103,8 +97,7 @@ def _full_batch(hp: hyperparameters.Hyperparameters, train: channels.Channel) ->
     started = time.perf_counter()
     estimator = model.fit(hp, data)
     kmeans = model.kmeans_step(estimator)
-    return {
-        "estimator": estimator,
+    return estimator, {
         "rows": rows,
         "feature_dim": features,
         "ssd": float(kmeans.inertia_),
@@ -116,7 +109,7 @@ def _full_batch(hp: hyperparameters.Hyperparameters, train: channels.Channel) ->
 
 def _streaming(
     hp: hyperparameters.Hyperparameters, train: channels.Channel, env: Environment
-) -> dict[str, Any]:
+) -> Fitted:
     """Mini-batch passes over the channel, with checkpoints when the folder exists."""
     started = time.perf_counter()
     checkpoints = env.paths.checkpoints if env.paths.checkpoints.is_dir() else None
@@ -133,8 +126,7 @@ def _streaming(
     estimator = trainer.run(train)
     _STOP.deferred = False
     last = trainer.state.last_pass
-    return {
-        "estimator": estimator,
+    return estimator, {
         "rows": last["rows"],
         "feature_dim": trainer.state.feature_dim,
         "ssd": last["ssd"],
@@ -154,24 +146,87 @@ def _score(
     return {"msd": ssd / rows, "ssd": ssd}
 
 
-def run(env: Environment) -> dict[str, Any]:
-    """Train once; return the summary written to output/data/summary.json."""
+def run(env: Environment) -> dict[str, Any] | None:
+    """Train once; return the summary written to output/data/summary.json (None on a host
+    that is not the leader of a job with several)."""
     started = time.perf_counter()
     paths = env.paths
     hp = hyperparameters.parse(_read_json(paths.hyperparameters, "hyperparameters"))
     log.info("hyperparameters: %s", json.dumps(hp.as_dict()))
     for note in hp.notes:
         log.info("%s", note)
-    host = current_host(paths)
+    job = hosts.Hosts.read(paths.resource_config)
     found = channels.read_channels(paths.input_data_config, paths.data)
     train = channels.training_channel(found)
-    if hp.mini_batch_size is not None or train.mode == "Pipe":
-        result = _streaming(hp, train, env)
+    mini_batch = hp.mini_batch_size is not None or train.mode == "Pipe"
+    if job.count > 1:
+        return _across_hosts(env, hp, job, found, mini_batch, started)
+    if mini_batch:
+        estimator, result = _streaming(hp, train, env)
     else:
         if paths.checkpoints.is_dir():
             log.info("checkpoints are written in mini-batch mode only (set mini_batch_size)")
-        result = _full_batch(hp, train)
-    estimator = result.pop("estimator")
+        estimator, result = _full_batch(hp, train)
+    result["hosts"] = [job.current]
+
+    def score(estimator: Any, features: int) -> dict[str, float]:
+        return _score(estimator, found["test"], features, env)
+
+    test = score if "test" in found else None
+    return _finish(env, hp, job.current, estimator, result, test, started)
+
+
+def _across_hosts(
+    env: Environment,
+    hp: hyperparameters.Hyperparameters,
+    job: hosts.Hosts,
+    found: dict[str, channels.Channel],
+    mini_batch: bool,
+    started: float,
+) -> dict[str, Any] | None:
+    """One model from the rows of every host: the leader drives, the others serve their
+    rows and exit with the leader's outcome once the model is saved."""
+    if job.is_leader and mini_batch and env.paths.checkpoints.is_dir():
+        log.info("checkpoints are not written when training across hosts")
+    if job.is_leader and hp.algorithm == "elkan":
+        log.info("algorithm elkan: training across hosts runs Lloyd's iterations (same result)")
+    reduction.prepare(job, found, env.pipe_wait_seconds)
+    with hosts.Cluster(job, env.join_seconds) as cluster:
+        if not job.is_leader:
+            code, reason = cluster.await_outcome()
+            if code:
+                raise hosts.HostError(reason, code)
+            log.info("host %s: the leader %s saved the model; done", job.current, job.leader)
+            return None
+        try:
+            fit = reduction.fit_mini_batch if mini_batch else reduction.fit_full_batch
+            estimator, result = fit(cluster, hp, channels.training_channel(found))
+
+            def score(estimator: Any, features: int) -> dict[str, float]:
+                return reduction.score(cluster, estimator, found["test"], features)
+
+            summary = _finish(
+                env, hp, job.current, estimator, result, score if "test" in found else None, started
+            )
+        except BaseException as error:
+            reason, _, code = _failure(error)
+            cluster.tell_outcome(code, reason)
+            raise
+        cluster.tell_outcome(0, "")
+        return summary
+
+
+def _finish(
+    env: Environment,
+    hp: hyperparameters.Hyperparameters,
+    host: str,
+    estimator: Any,
+    result: dict[str, Any],
+    score_test: Any,
+    started: float,
+) -> dict[str, Any]:
+    """Metrics, artefacts and the model folder, from the fitted estimator."""
+    paths = env.paths
     log.info(
         "fitted k=%d on %d rows x %d features: %d iterations, inertia %.6g",
         hp.k,
@@ -181,8 +236,8 @@ def run(env: Environment) -> dict[str, Any]:
         result["ssd"],
     )
     metrics = {"train": {"msd": result["ssd"] / result["rows"], "ssd": result["ssd"]}}
-    if "test" in found:
-        metrics["test"] = _score(estimator, found["test"], result["feature_dim"], env)
+    if score_test is not None:
+        metrics["test"] = score_test(estimator, result["feature_dim"])
     for channel, values in metrics.items():
         for name in hp.eval_metrics if channel == "test" else ("msd", "ssd"):
             print(f"#quality_metric: host={host}, {channel} {name} <loss>={values[name]:.6g}")
@@ -200,6 +255,8 @@ def run(env: Environment) -> dict[str, Any]:
         "hyperparameters": hp.as_dict(),
         "given": hp.given,
         "metrics": metrics,
+        "rows": result["rows"],
+        "hosts": result["hosts"],
         "training_job_name": env.training_job_name or None,
     }
     paths.output_data.mkdir(parents=True, exist_ok=True)
@@ -215,6 +272,27 @@ def run(env: Environment) -> dict[str, Any]:
         summary["peak_rss_mb"],
     )
     return summary
+
+
+def _failure(error: BaseException, paths: Paths | None = None) -> tuple[str, str, int]:
+    """The failure line, the detail below it and the exit code, for any error."""
+    if isinstance(error, hyperparameters.HyperparameterError | channels.DataError | SettingError):
+        return str(error), "", EXIT_INPUT_ERROR
+    if isinstance(error, hosts.HostError):
+        return str(error), error.detail, error.code
+    if isinstance(error, Stopped):
+        return str(error), "", EXIT_STOPPED
+    if isinstance(error, streaming.Interrupted):
+        saved = paths is not None and paths.checkpoints.is_dir()
+        saved = "checkpoint saved" if saved else "no checkpoint folder"
+        return f"{STOPPED} at {error}; {saved}", "", EXIT_STOPPED
+    if isinstance(error, MemoryError):
+        return "out of memory: use a larger instance or set mini_batch_size", "", EXIT_INPUT_ERROR
+    return (
+        f"internal error: {type(error).__name__}: {error}",
+        traceback.format_exc(),
+        EXIT_INTERNAL_ERROR,
+    )
 
 
 def _fail(paths: Paths, reason: str, detail: str = "", code: int = EXIT_INPUT_ERROR) -> int:
@@ -242,24 +320,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         run(env)
-    except (
-        hyperparameters.HyperparameterError,
-        channels.DataError,
-        SettingError,
-    ) as error:
-        return _fail(paths, str(error))
-    except Stopped as error:
-        return _fail(paths, str(error), code=EXIT_STOPPED)
-    except streaming.Interrupted as error:
-        saved = "checkpoint saved" if paths.checkpoints.is_dir() else "no checkpoint folder"
-        return _fail(paths, f"{STOPPED} at {error}; {saved}", code=EXIT_STOPPED)
-    except MemoryError:
-        return _fail(paths, "out of memory: use a larger instance or set mini_batch_size")
     except Exception as error:
-        return _fail(
-            paths,
-            f"internal error: {type(error).__name__}: {error}",
-            traceback.format_exc(),
-            EXIT_INTERNAL_ERROR,
-        )
+        reason, detail, code = _failure(error, paths)
+        return _fail(paths, reason, detail, code)
     return 0

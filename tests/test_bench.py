@@ -29,6 +29,7 @@ TABLES = {
     "## 2. Large requests": "| body | stack | req/s | rows/s | p50 ms | p99 ms |",
     "## 3. Training": "| trainer | wall s | load s | fit s | peak RSS MB |",
     "## 4. Start-up and memory": "| workers | stack | first 200 s | PSS MB | RSS MB |",
+    "## Training across hosts": "| hosts | wall s | cluster start s |",
 }
 ROWS = [
     "| 1 | ours |",
@@ -60,3 +61,7 @@ def test_quick_mode_writes_every_table(tmp_path: Path) -> None:
     for trainer in ("ours", "naive", "ours, streaming"):
         assert f"| {trainer} | " in trainers, f"no training row for {trainer}"
     assert "## 5. Image" in report
+    across = report.partition("## Training across hosts")[2]
+    for hosts in (1, 2, 4):
+        assert f"\n| {hosts} | " in across, f"no row for {hosts} training hosts"
+    assert "| full | " in across and "| quarter | " in across

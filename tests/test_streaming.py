@@ -230,6 +230,19 @@ def test_file_mode_streaming_matches_full_batch_quality(tmp_path: Path) -> None:
     assert inertia(stream, held_out) == pytest.approx(inertia(full, held_out), rel=0.02)
 
 
+def test_every_progress_line_gives_the_mean_squared_distance(tmp_path: Path) -> None:
+    files = {"train/a.csv": csv_bytes(blobs(12000))}
+    base = make_job(tmp_path, {"k": "4", "mini_batch_size": "500", "epochs": "3"}, files)
+    result = run_train(base)
+    assert result.returncode == 0, result.stdout
+    assert "nan" not in result.stdout.lower()
+    progress = [line for line in result.stdout.splitlines() if " INFO epoch " in line]
+    assert sum(" done:" in line for line in progress) == 3, progress
+    for line in progress:
+        msd = float(line.rpartition("msd of its batches ")[2])
+        assert 0 < msd < 10, line  # blobs of unit variance in 3 features: about 3
+
+
 def test_sigterm_stops_a_full_batch_job_promptly(tmp_path: Path) -> None:
     base = make_job(
         tmp_path, {"k": "4"}, {"train/a.csv": csv_bytes(blobs(1000, features=16)) * 3000}
@@ -237,7 +250,9 @@ def test_sigterm_stops_a_full_batch_job_promptly(tmp_path: Path) -> None:
     job = subprocess.Popen(
         [str(TRAIN)], env=entrypoint_env(base), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    time.sleep(2.0)  # importing, then reading 3 M rows
+    while b"hyperparameters:" not in job.stdout.readline():  # imported: reading 3 M rows
+        assert job.poll() is None
+    time.sleep(0.5)
     assert job.poll() is None
     job.send_signal(signal.SIGTERM)
     stopped = time.monotonic()

@@ -1,0 +1,654 @@
+"""Training across hosts: k-means as per-host partial sums that the leader reduces.
+
+Host side. Each host keeps its own rows in its own memory (HERE) and answers the
+leader's requests, run on every host by hosts.Cluster.on_every_host: load its share of a
+channel; its moments (count, mean, squared deviations) for `standardize` and the
+tolerance; a sample for seeding; and, for the centres it is sent, per-cluster sums and
+counts, its inertia, how many of its labels changed and its farthest rows (to re-seed
+empty clusters). Nothing a host sends grows with its row count.
+
+Leader side. `fit_full_batch`: k-means++ (or random) seeding on a sample drawn from every
+host in proportion to its rows, then Lloyd's iterations with scikit-learn's stopping rule
+(labels unchanged, or a centre shift below tol x the mean feature variance), `n_init`
+runs, the best kept. `fit_mini_batch`: every step each host reads its next
+mini_batch_size / hosts rows and the leader moves each centre towards the batch's mean
+by its share of the rows that centre has seen (Sculley's mini-batch k-means); a pass is
+one read of every host's share or FIFO. Both return the fitted estimator and the same
+summary as single-host training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.cluster import kmeans_plusplus
+
+from kmeans import channels, model
+from kmeans.hosts import Cluster, Hosts
+from kmeans.hyperparameters import Hyperparameters
+
+log = logging.getLogger("kmeans.train")
+
+BLOCK_ROWS = 1 << 15  # rows per block of a host's arithmetic; blocks run on every core
+LOG_SECONDS = 10.0
+
+
+# --- host side --------------------------------------------------------------------------
+
+
+@dataclass
+class _Here:
+    """What this host holds between the leader's requests."""
+
+    hosts: Hosts = field(default_factory=Hosts)
+    found: dict[str, channels.Channel] = field(default_factory=dict)  # the job's channels
+    pipe_wait_seconds: float = 60.0
+    data: np.ndarray | None = None  # this host's training rows, float32
+    labels: np.ndarray | None = None  # their clusters in the previous iteration
+    stream: Iterator[np.ndarray] | None = None  # mini-batch: this pass's rows
+    held: list[np.ndarray] = field(default_factory=list)  # rows read ahead of the stream
+    features: int | None = None
+
+
+HERE = _Here()
+
+
+def prepare(hosts: Hosts, found: dict[str, channels.Channel], pipe_wait_seconds: float) -> None:
+    """Set this host up before it joins; its arithmetic then spreads over its own cores."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # one BLAS thread per block: the blocks run in parallel
+    HERE.hosts, HERE.found, HERE.pipe_wait_seconds = hosts, found, pipe_wait_seconds
+
+
+def _blockwise(function: Any, count: int) -> list[Any]:
+    """function(start, stop) over blocks of BLOCK_ROWS rows, on every core."""
+    starts = range(0, count, BLOCK_ROWS)
+    with ThreadPoolExecutor(max(1, min(len(starts), os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda start: function(start, min(start + BLOCK_ROWS, count)), starts))
+
+
+def load_share(channel_name: str) -> dict[str, Any]:
+    """Load this host's share of a File-mode channel into memory."""
+    started = time.perf_counter()
+    channel = HERE.found[channel_name]
+    parts = channels.share(channel, HERE.hosts.index, HERE.hosts.count)
+    HERE.data = channels.load(channel, parts)
+    HERE.labels = None
+    rows = len(HERE.data)
+    seconds = time.perf_counter() - started
+    described = ", ".join(
+        part.path.name + ("" if part.whole else f" ({_describe(part)})") for part in parts
+    )
+    log.info(
+        "host %s: %d rows x %d features of channel %r in %.2f s from %s",
+        HERE.hosts.current,
+        rows,
+        HERE.data.shape[1],
+        channel_name,
+        seconds,
+        described or "no files",
+    )
+    return {
+        "rows": rows,
+        "features": HERE.data.shape[1] if rows else None,
+        "seconds": round(seconds, 3),
+        "files": _fingerprint(channel),
+    }
+
+
+def _describe(part: channels.Part) -> str:
+    if part.every > 1:
+        return f"every {part.every}th row from row {part.offset + 1}"
+    return f"bytes {part.start}-{'end' if part.end is None else part.end}"
+
+
+def _fingerprint(channel: channels.Channel) -> str:
+    """The channel's files and sizes, for FullyReplicated hosts to compare."""
+    listed = json.dumps(channels.listing(channel)).encode()
+    return hashlib.sha256(listed).hexdigest()[:16]
+
+
+def moments() -> tuple[int, np.ndarray, np.ndarray]:
+    """Row count, feature means and sums of squared deviations, in float64."""
+    data = HERE.data
+
+    def block(start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
+        rows = data[start:stop].astype(np.float64)
+        mean = rows.mean(axis=0)
+        return len(rows), mean, ((rows - mean) ** 2).sum(axis=0)
+
+    width = data.shape[1]
+    parts = _blockwise(block, len(data))
+    return combine_moments(parts) if parts else (0, np.zeros(width), np.zeros(width))
+
+
+def combine_moments(
+    parts: list[tuple[int, np.ndarray, np.ndarray]],
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Chan's pairwise rule: the moments of the union from the moments of its parts."""
+    count, mean, squares = 0, None, None
+    for n, part_mean, part_squares in parts:
+        if n == 0:
+            continue
+        if mean is None:
+            count, mean, squares = n, part_mean, part_squares
+            continue
+        total = count + n
+        delta = part_mean - mean
+        mean = mean + delta * n / total
+        squares = squares + part_squares + delta**2 * count * n / total
+        count = total
+    return count, mean, squares
+
+
+def scale(mean: np.ndarray, scale: np.ndarray) -> None:
+    """Standardize this host's rows in place with the statistics of every host."""
+    data = HERE.data
+
+    def block(start: int, stop: int) -> None:
+        data[start:stop] -= mean.astype(np.float32)
+        data[start:stop] /= scale.astype(np.float32)
+
+    _blockwise(block, len(data))
+
+
+def sample(counts: dict[str, int], seed: int) -> np.ndarray:
+    """`counts[this host]` of this host's rows, drawn at random without replacement
+    (float32, as held: half the bytes of float64 on the wire)."""
+    data, wanted = HERE.data, counts.get(HERE.hosts.current, 0)
+    rng = np.random.default_rng([seed, HERE.hosts.index])
+    return data[np.sort(rng.choice(len(data), min(wanted, len(data)), replace=False))]
+
+
+@dataclass
+class Partial:
+    """One host's share of one iteration; its size does not depend on the host's rows."""
+
+    sums: np.ndarray | None  # per cluster, float64 (None when only assigning)
+    counts: np.ndarray
+    inertia: float
+    changed: int = 0
+    far_distances: np.ndarray = field(default_factory=lambda: np.empty(0))
+    far_rows: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    far_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """The numbers it carries (the wire adds a small, fixed framing)."""
+        arrays = (self.sums, self.counts, self.far_distances, self.far_rows, self.far_labels)
+        return 16 + sum(array.nbytes for array in arrays if array is not None)
+
+
+@dataclass
+class Costs:
+    """What each Lloyd iteration took: seconds, and bytes sent to and from the hosts."""
+
+    seconds: list[float] = field(default_factory=list)
+    payload: list[int] = field(default_factory=list)
+
+
+def _partial(
+    rows: np.ndarray, centres: np.ndarray, sums: bool, far: int, previous: np.ndarray | None
+) -> Partial:
+    """Assign `rows` to the nearest of `centres`, as scikit-learn does for float32 data:
+    |x|² - 2x·c + |c|² in float32, accumulated in float64."""
+    k = len(centres)
+    centres32 = centres.astype(np.float32)
+    squared = rows @ (-2.0 * centres32.T)
+    squared += np.einsum("ij,ij->j", centres32.T, centres32.T)
+    labels = squared.argmin(axis=1).astype(np.int32)
+    nearest = squared[np.arange(len(rows)), labels] + np.einsum("ij,ij->i", rows, rows)
+    np.maximum(nearest, 0, out=nearest)
+    changed = 0
+    if previous is not None:
+        changed = int(np.count_nonzero(previous != labels))
+        previous[:] = labels
+    result = Partial(
+        sums=None,
+        counts=np.bincount(labels, minlength=k).astype(np.int64),
+        inertia=float(nearest.sum(dtype=np.float64)),
+        changed=changed,
+    )
+    if sums:
+        one_hot = np.zeros((len(rows), k), np.float32)
+        one_hot[np.arange(len(rows)), labels] = 1.0
+        result.sums = (one_hot.T @ rows).astype(np.float64)
+    if far:
+        far = min(far, len(rows))
+        chosen = np.argpartition(nearest, len(rows) - far)[len(rows) - far :]
+        result.far_distances = nearest[chosen].astype(np.float64)
+        result.far_rows = rows[chosen].astype(np.float64)
+        result.far_labels = labels[chosen].astype(np.int64)
+    return result
+
+
+def merge(parts: list[Partial], k: int, far: int = 0) -> Partial:
+    """The sum of partials (of blocks, or of hosts), keeping the `far` farthest rows."""
+    sums = [p.sums for p in parts if p.sums is not None]
+    merged = Partial(
+        sums=np.sum(sums, axis=0) if sums else None,
+        counts=sum((p.counts for p in parts), np.zeros(k, np.int64)),
+        inertia=float(sum(p.inertia for p in parts)),
+        changed=sum(p.changed for p in parts),
+    )
+    rows = [p.far_rows for p in parts if len(p.far_distances)]
+    if far and rows:
+        distances = np.concatenate([p.far_distances for p in parts])
+        order = np.argsort(-distances, kind="stable")[:far]
+        merged.far_distances = distances[order]
+        merged.far_rows = np.concatenate(rows)[order]
+        merged.far_labels = np.concatenate([p.far_labels for p in parts])[order]
+    return merged
+
+
+def lloyd_step(centres: np.ndarray, first: bool, far: int) -> Partial:
+    """One Lloyd iteration over this host's rows: sums, counts, inertia, changes."""
+    data = HERE.data
+    if first or HERE.labels is None:
+        HERE.labels = np.full(len(data), -1, np.int32)
+    labels = HERE.labels
+    parts = _blockwise(lambda a, b: _partial(data[a:b], centres, True, far, labels[a:b]), len(data))
+    return merge(parts, len(centres), far)
+
+
+def assign_step(centres: np.ndarray) -> Partial:
+    """Counts and inertia of this host's rows for the final centres."""
+    data = HERE.data
+    parts = _blockwise(lambda a, b: _partial(data[a:b], centres, False, 0, None), len(data))
+    return merge(parts, len(centres))
+
+
+def score_share(estimator: BaseEstimator, channel_name: str, features: int) -> tuple[float, int]:
+    """Sum of squared distances and rows of this host's share of a channel."""
+    channel = HERE.found[channel_name]
+    total, rows = 0.0, 0
+    for block in _pass(channel, 0):
+        channels.check_block(block)
+        if block.rows.shape[1] != features:
+            raise channels.DataError(
+                f"channel {channel.name!r} has {block.rows.shape[1]} feature columns "
+                f"({block.source}), the training data {features}"
+            )
+        total += model.squared_distance_sum(estimator, block.rows)
+        rows += len(block.rows)
+    return total, rows
+
+
+def _pass(channel: channels.Channel, epoch: int) -> Iterator[channels.Block]:
+    """One pass over this host's share of a channel: its parts, or its part of its FIFO."""
+    index, count = HERE.hosts.index, HERE.hosts.count
+    parts = None if channel.mode == "Pipe" else channels.share(channel, index, count)
+    return channels.blocks(
+        channel, epoch, HERE.pipe_wait_seconds, parts=parts, host=index, hosts=count
+    )
+
+
+# --- host side, mini-batch ------------------------------------------------------------
+
+
+def open_pass(channel_name: str, epoch: int) -> None:
+    """Start reading this host's share of the channel (or its FIFO) for pass `epoch`."""
+    found = _pass(HERE.found[channel_name], epoch)
+
+    def rows() -> Iterator[np.ndarray]:
+        for block in found:
+            channels.check_block(block)
+            HERE.features = block.rows.shape[1]
+            yield block.rows
+
+    HERE.stream, HERE.held = rows(), []
+
+
+def _take(count: int, keep: bool = False) -> np.ndarray:
+    """The next `count` rows of this pass (fewer at its end); with `keep` they stay to be
+    read again."""
+    held, rows = HERE.held, sum(len(r) for r in HERE.held)
+    while rows < count and HERE.stream is not None:
+        block = next(HERE.stream, None)
+        if block is None:
+            HERE.stream = None
+            break
+        held.append(block)
+        rows += len(block)
+    if not held:
+        return np.empty((0, HERE.features or 0), np.float32)
+    merged = np.concatenate(held) if len(held) > 1 else held[0]
+    taken, rest = merged[:count], merged[count:]
+    HERE.held = [merged] if keep else ([rest] if len(rest) else [])
+    return taken
+
+
+def seed_rows(count: int) -> np.ndarray:
+    """This pass's first `count` rows, kept to be trained on like any others."""
+    return _take(count, keep=True).astype(np.float64)
+
+
+def chunk_step(
+    centres: np.ndarray, count: int, shift: np.ndarray | None, divide: np.ndarray | None
+) -> tuple[Partial, int, int | None]:
+    """The next `count` rows of this pass against `centres`: partial sums, rows, width."""
+    rows = _take(count)
+    if len(rows) == 0:
+        return Partial(None, np.zeros(len(centres), np.int64), 0.0), 0, HERE.features
+    if shift is not None:
+        rows = (rows - shift.astype(np.float32)) / divide.astype(np.float32)
+    return _partial(rows, centres, True, 0, None), len(rows), rows.shape[1]
+
+
+# --- leader side -------------------------------------------------------------------------
+
+
+def _check_shares(
+    hp: Hyperparameters, channel: channels.Channel, hosts: Hosts, shares: list[dict]
+) -> tuple[int, int]:
+    """Total rows and feature count, once every host's share agrees."""
+    by_host = dict(zip(hosts.names, shares, strict=True))
+    if channel.distribution == channels.FULLY_REPLICATED and channel.mode != "Pipe":
+        first = shares[0]["files"]
+        for name, share in by_host.items():
+            if share["files"] != first:
+                raise channels.DataError(
+                    f"channel {channel.name!r} is FullyReplicated, but host {name} holds other "
+                    f"files than host {hosts.leader}; give each host its own files with "
+                    "ShardedByS3Key, or the same files to all"
+                )
+    widths = {name: share["features"] for name, share in by_host.items() if share["rows"]}
+    if len(set(widths.values())) > 1:
+        listed = ", ".join(f"host {name} has {width}" for name, width in widths.items())
+        raise channels.DataError(
+            f"the hosts' data differ in feature count ({listed}); every row needs the same"
+        )
+    rows = sum(share["rows"] for share in shares)
+    if rows == 0:
+        raise channels.DataError(f"channel {channel.name!r} has no records on any host")
+    features = next(iter(widths.values()))
+    if hp.feature_dim is not None and hp.feature_dim != features:
+        raise channels.DataError(
+            f"feature_dim is {hp.feature_dim} but channel {channel.name!r} has {features} "
+            "feature columns"
+        )
+    if rows < hp.k:
+        raise channels.DataError(
+            f"k is {hp.k} but channel {channel.name!r} has only {rows} rows on all hosts"
+        )
+    return rows, features
+
+
+def _sample_counts(hosts: Hosts, rows_by_host: list[int], wanted: int) -> dict[str, int]:
+    """`wanted` rows split across hosts in proportion to their rows (largest remainders)."""
+    total = sum(rows_by_host)
+    exact = [wanted * rows / total for rows in rows_by_host]
+    counts = [int(value) for value in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: wanted - sum(counts)]:
+        counts[i] += 1
+    return dict(zip(hosts.names, counts, strict=True))
+
+
+def _seed(hp: Hyperparameters, sample: np.ndarray, run: int) -> np.ndarray:
+    if hp.init == "k-means++":
+        centres, _ = kmeans_plusplus(sample, hp.k, random_state=hp.seed + run)
+        return centres.astype(np.float64)
+    rng = np.random.default_rng([hp.seed, run])
+    return sample[rng.choice(len(sample), hp.k, replace=False)].astype(np.float64)
+
+
+def _runs(hp: Hyperparameters, auto_random: int) -> int:
+    if hp.n_init != "auto":
+        return int(hp.n_init)
+    return 1 if hp.init == "k-means++" else auto_random
+
+
+def _relocate_empty(step: Partial) -> None:
+    """Give each empty cluster one of the rows farthest from their centres, taken from the
+    cluster it was in: scikit-learn's rule, on the farthest rows of every host."""
+    empty = np.flatnonzero(step.counts == 0)
+    for cluster, index in zip(empty, range(len(step.far_distances)), strict=False):
+        row, old = step.far_rows[index], step.far_labels[index]
+        step.sums[old] -= row
+        step.counts[old] -= 1
+        step.sums[cluster] = row
+        step.counts[cluster] = 1
+    if len(empty):
+        log.info("re-seeded %d empty clusters from the farthest rows", len(empty))
+
+
+def _lloyd(
+    cluster: Cluster, centres: np.ndarray, tolerance: float, max_iter: int, costs: Costs
+) -> tuple[np.ndarray, int]:
+    """Iterate from `centres` until scikit-learn's rule stops."""
+    k = len(centres)
+    for iteration in range(1, max_iter + 1):
+        started = time.perf_counter()
+        partials = cluster.on_every_host(lloyd_step, centres, iteration == 1, k)
+        step = merge(partials, k, k)
+        costs.payload.append(sum(p.nbytes for p in partials) + centres.nbytes * len(partials))
+        _relocate_empty(step)
+        filled = step.counts > 0
+        updated = centres.copy()
+        updated[filled] = step.sums[filled] / step.counts[filled, None]
+        shift = float(((updated - centres) ** 2).sum())
+        centres = updated
+        costs.seconds.append(time.perf_counter() - started)
+        log.info(
+            "iteration %d: inertia %.6g, %d labels changed, centre shift %.3g (%.3f s)",
+            iteration,
+            step.inertia,
+            step.changed,
+            shift,
+            costs.seconds[-1],
+        )
+        if step.changed == 0 or shift <= tolerance:
+            break
+    return centres, iteration
+
+
+def fit_full_batch(
+    cluster: Cluster, hp: Hyperparameters, channel: channels.Channel
+) -> tuple[BaseEstimator, dict[str, Any]]:
+    """Lloyd's k-means over the rows of every host, each host holding its own."""
+    hosts = cluster.hosts
+    started = time.perf_counter()
+    shares = cluster.on_every_host(load_share, channel.name)
+    load_seconds = time.perf_counter() - started
+    rows, features = _check_shares(hp, channel, hosts, shares)
+    log.info(
+        "loaded %d rows x %d features on %d hosts in %.2f s (%s)",
+        rows,
+        features,
+        hosts.count,
+        load_seconds,
+        ", ".join(f"{n}: {s['rows']}" for n, s in zip(hosts.names, shares, strict=True)),
+    )
+    fit_started = time.perf_counter()
+    count, mean, squares = combine_moments(cluster.on_every_host(moments))
+    variance = squares / count
+    scaler = None
+    if hp.standardize:
+        deviation = _deviation(variance)
+        cluster.on_every_host(scale, mean, deviation)
+        scaler = model.fitted_scaler(mean, variance, deviation, count)
+        variance = variance / deviation**2
+    tolerance = hp.tol * float(np.mean(variance))
+    rows_by_host = [share["rows"] for share in shares]
+    wanted = min(rows, model.SEED_SAMPLE_ROWS)
+    best: tuple[float, np.ndarray, int, np.ndarray] | None = None
+    costs = Costs()
+    runs = _runs(hp, auto_random=10)
+    for run in range(runs):
+        counts = _sample_counts(hosts, rows_by_host, wanted)
+        samples = cluster.on_every_host(sample, counts, hp.seed + run)
+        seed_sample = np.concatenate([rows for rows in samples if len(rows)], dtype=np.float64)
+        centres, iterations = _lloyd(
+            cluster, _seed(hp, seed_sample, run), tolerance, hp.max_iter, costs
+        )
+        final = merge(cluster.on_every_host(assign_step, centres), hp.k)
+        if runs > 1:
+            log.info("run %d of %d: inertia %.6g", run + 1, runs, final.inertia)
+        if best is None or final.inertia < best[0]:
+            best = (final.inertia, centres, iterations, final.counts)
+    inertia, centres, iterations, sizes = best
+    estimator = model.assemble(hp, centres, scaler, inertia, iterations)
+    return estimator, {
+        "rows": rows,
+        "feature_dim": features,
+        "ssd": inertia,
+        "cluster_sizes": sizes.tolist(),
+        "iterations": iterations,
+        "hosts": [n for n, s in zip(hosts.names, shares, strict=True) if s["rows"]],
+        "rows_by_host": dict(zip(hosts.names, rows_by_host, strict=True)),
+        "seconds": {
+            "cluster": round(cluster.startup_seconds, 3),
+            "load": round(load_seconds, 3),
+            "fit": round(time.perf_counter() - fit_started, 3),
+            "per_iteration": round(float(np.median(costs.seconds)), 4),
+        },
+        "bytes_per_iteration": int(np.median(costs.payload)),
+    }
+
+
+def fit_mini_batch(
+    cluster: Cluster, hp: Hyperparameters, channel: channels.Channel
+) -> tuple[BaseEstimator, dict[str, Any]]:
+    """Mini-batch k-means: each step takes mini_batch_size rows from all hosts together."""
+    hosts = cluster.hosts
+    started = time.perf_counter()
+    batch = hp.mini_batch_size or 5000
+    per_host = -(-batch // hosts.count)
+    centres = counts = shift = divide = scaler = None
+    last = {"ssd": 0.0, "rows": 0, "sizes": np.zeros(hp.k, np.int64), "by_host": {}}
+    features = None
+    for epoch in range(hp.epochs):
+        cluster.on_every_host(open_pass, channel.name, epoch)
+        if centres is None:
+            seed_size = -(-max(batch, 20 * hp.k) // hosts.count)
+            seeds = cluster.on_every_host(seed_rows, seed_size)
+            widths = {n: s.shape[1] for n, s in zip(hosts.names, seeds, strict=True) if len(s)}
+            if len(set(widths.values())) > 1:
+                listed = ", ".join(f"host {n} has {w}" for n, w in widths.items())
+                raise channels.DataError(
+                    f"the hosts' data differ in feature count ({listed}); every row needs the same"
+                )
+            seed_sample = np.concatenate([s for s in seeds if len(s)] or [np.empty((0, 0))])
+            if len(seed_sample) < hp.k:
+                raise channels.DataError(
+                    f"k is {hp.k} but channel {channel.name!r} has only {len(seed_sample)} rows "
+                    "on all hosts"
+                )
+            features = seed_sample.shape[1]
+            if hp.feature_dim is not None and hp.feature_dim != features:
+                raise channels.DataError(
+                    f"feature_dim is {hp.feature_dim} but channel {channel.name!r} has "
+                    f"{features} feature columns"
+                )
+            if hp.standardize:  # as single-host mini-batch: statistics of the first rows
+                shift, variance = seed_sample.mean(axis=0), seed_sample.var(axis=0)
+                divide = _deviation(variance)
+                scaler = model.fitted_scaler(shift, variance, divide, len(seed_sample))
+                seed_sample = (seed_sample - shift) / divide
+            centres = _best_seed(hp, seed_sample)
+            counts = np.zeros(hp.k, np.float64)
+        final_pass = epoch == hp.epochs - 1
+        seen, ssd, logged, pass_started = 0, 0.0, time.monotonic(), time.monotonic()
+        by_host = dict.fromkeys(hosts.names, 0)
+        while True:
+            steps = cluster.on_every_host(chunk_step, centres, per_host, shift, divide)
+            for name, (_, taken, width) in zip(hosts.names, steps, strict=True):
+                by_host[name] += taken
+                if taken and width != features:
+                    raise channels.DataError(
+                        f"host {name}: channel {channel.name!r} has {width} feature columns, "
+                        f"the other hosts {features}"
+                    )
+            step = merge([partial for partial, _, _ in steps], hp.k)
+            taken = int(step.counts.sum())
+            if taken == 0:
+                break
+            seen += taken
+            ssd += step.inertia
+            if final_pass:
+                last["ssd"] += step.inertia
+                last["rows"] += taken
+                last["sizes"] += step.counts
+            moved = step.counts > 0
+            counts[moved] += step.counts[moved]
+            centres[moved] += (
+                step.sums[moved] - step.counts[moved, None] * centres[moved]
+            ) / counts[moved, None]
+            if time.monotonic() - logged >= LOG_SECONDS:
+                logged = time.monotonic()
+                _progress(epoch, hp.epochs, seen, pass_started, ssd)
+        _progress(epoch, hp.epochs, seen, pass_started, ssd, done=True)
+        last["by_host"] = by_host
+    if last["rows"] < hp.k:
+        raise channels.DataError(
+            f"k is {hp.k} but channel {channel.name!r} has only {last['rows']} rows on all hosts"
+        )
+    estimator = model.assemble(hp, centres, scaler, last["ssd"], hp.epochs)
+    return estimator, {
+        "rows": last["rows"],
+        "feature_dim": features,
+        "ssd": last["ssd"],
+        "cluster_sizes": last["sizes"].tolist(),
+        "iterations": hp.epochs,
+        "hosts": [name for name, rows in last["by_host"].items() if rows],
+        "rows_by_host": last["by_host"],
+        "seconds": {
+            "cluster": round(cluster.startup_seconds, 3),
+            "load_and_fit": round(time.perf_counter() - started, 3),
+        },
+    }
+
+
+def _deviation(variance: np.ndarray) -> np.ndarray:
+    """Standard deviations, with 1 for constant features (as StandardScaler)."""
+    deviation = np.sqrt(variance)
+    deviation[deviation < 10 * np.finfo(np.float64).eps] = 1.0
+    return deviation
+
+
+def _best_seed(hp: Hyperparameters, sample: np.ndarray) -> np.ndarray:
+    """The seeding with the lowest inertia on the seed sample, of n_init tries."""
+    best = None
+    for run in range(_runs(hp, auto_random=3)):
+        centres = _seed(hp, sample, run)
+        inertia = _partial(sample.astype(np.float32), centres, False, 0, None).inertia
+        if best is None or inertia < best[0]:
+            best = (inertia, centres)
+    return best[1]
+
+
+def _progress(epoch: int, epochs: int, seen: int, started: float, ssd: float, done=False):
+    elapsed = max(time.monotonic() - started, 1e-9)
+    log.info(
+        "epoch %d/%d%s: %d rows on all hosts, %.0f rows/s, msd of its batches %.6g",
+        epoch + 1,
+        epochs,
+        " done" if done else "",
+        seen,
+        seen / elapsed,
+        ssd / max(seen, 1),
+    )
+
+
+def score(
+    cluster: Cluster, estimator: BaseEstimator, channel: channels.Channel, features: int
+) -> dict[str, float]:
+    """The test channel's metrics, each host scoring its own share."""
+    results = cluster.on_every_host(score_share, estimator, channel.name, features)
+    ssd, rows = sum(r[0] for r in results), sum(r[1] for r in results)
+    if rows == 0:
+        raise channels.DataError(f"channel {channel.name!r} has files but no records")
+    log.info("scored %d rows of channel %r on %d hosts", rows, channel.name, cluster.hosts.count)
+    return {"msd": ssd / rows, "ssd": ssd}
