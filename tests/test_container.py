@@ -94,6 +94,14 @@ def test_train_writes_the_model_and_reports_the_metric(trained) -> None:
 def test_serve_predicts_and_stops_cleanly(image: str, trained, user: str) -> None:
     base, result = trained
     assert result.returncode == 0, result.stderr
+    serve_predict_and_stop(image, base, user)
+
+
+def serve_predict_and_stop(
+    image: str, base: Path, user: str = "root", ping_seconds: float = 120
+) -> None:
+    """serve_local.sh serves the model in `base`, predict.sh gets one answer line per row of
+    payload.csv, and `docker stop` ends it with exit status 0 well within its grace period."""
     port, name = free_port(), f"sage-kmeans-test-{uuid.uuid4().hex[:8]}"
     run_args = f"--network host -e SAGEMAKER_BIND_TO_HOST=127.0.0.1 --name {name}"
     server = subprocess.Popen(
@@ -109,7 +117,7 @@ def test_serve_predicts_and_stops_cleanly(image: str, trained, user: str) -> Non
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for_ping(url, server)
+        wait_for_ping(url, server, ping_seconds)
         answer = subprocess.run(
             [str(ROOT / "predict.sh"), url, str(PAYLOAD), "text/csv"],
             capture_output=True,
