@@ -22,6 +22,7 @@ RUN python3 -m venv /opt/venv \
 FROM debian:bookworm-slim
 ARG DEBIAN_FRONTEND=noninteractive
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      com.amazonaws.sagemaker.capabilities.multi-models=true \
       org.opencontainers.image.title=sage-kmeans \
       org.opencontainers.image.description="SageMaker BYOC: scikit-learn K-Means, train and serve"
 # nginx logs go to the container log; its default paths are root's, so serve points it at a temp dir.

@@ -4,7 +4,8 @@
 #   make lint   ruff, shellcheck, hadolint
 #   make bench        ours against the baselines (~30 min on 2 cores): bench/RESULTS.md
 #   make bench-quick  the same code paths, small and short (~3 min): bench/work/RESULTS-quick.md
-.PHONY: demo test lint bench bench-quick
+#   make reliability  fuzzing, faults, a 5-minute soak, worker options (~25 min): reliability/REPORT.md
+.PHONY: demo test lint bench bench-quick reliability
 
 SHELL_SCRIPTS := $(wildcard *.sh local_test/*.sh .ci/*.sh) .ci/run kmeans/entrypoint
 
@@ -29,3 +30,7 @@ bench:
 bench-quick:
 	local_test/bootstrap.sh venv nginx wrk
 	.venv/bin/python bench/run.py --quick
+
+reliability:
+	local_test/bootstrap.sh venv nginx wrk
+	.venv/bin/python reliability/run.py

@@ -2,8 +2,13 @@
 # Build the image and push it to Amazon ECR in your account, creating the repository if needed.
 #   ./build_and_push.sh [image-name] [tag]        (defaults: sage-kmeans latest)
 # Region: AWS_REGION, else AWS_DEFAULT_REGION, else `aws configure get region`.
-# Platform: linux/amd64 by default (what ml.* instances run, also when building on Apple
-# silicon); PLATFORM=linux/arm64 for Graviton (ml.*g) instances.
+# PLATFORM: linux/amd64 by default (what ml.* instances run, also when building on Apple
+# silicon); linux/arm64 for Graviton (ml.*g) instances; linux/amd64,linux/arm64 for one name
+# that serves both: with `docker buildx` when present, else one image per architecture
+# (tag-amd64, tag-arm64) joined by `docker manifest`. A foreign architecture builds under
+# emulation (Docker Desktop has it; Linux: apt-get install qemu-user-static).
+# REGISTRY: push there instead of the account's ECR registry (the tests' local registry;
+# the AWS steps still run).
 # Prints the image URI to use as training_image / image_uri.
 set -euo pipefail
 
@@ -14,6 +19,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 die() { echo "build_and_push.sh: $*" >&2; exit 1; }
 
+case $platform in
+    linux/amd64 | linux/arm64 | linux/amd64,linux/arm64 | linux/arm64,linux/amd64) ;;
+    *) die "PLATFORM must be linux/amd64, linux/arm64 or linux/amd64,linux/arm64, got '$platform'" ;;
+esac
+IFS=, read -r -a platforms <<<"$platform"
 command -v aws >/dev/null || die "the AWS CLI (aws) is not installed: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
 command -v docker >/dev/null || die "docker is not installed"
 docker info >/dev/null 2>&1 || die "cannot reach the Docker engine: is Docker running, and may this user use it?"
@@ -24,7 +34,10 @@ region=${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}
 
 registry="$account.dkr.ecr.$region.amazonaws.com"
 [[ $region == cn-* ]] && registry+=".cn"
+registry=${REGISTRY:-$registry}
 uri="$registry/$name:$tag"
+names=("$uri")
+[[ $tag == latest ]] || names+=("$registry/$name:latest")
 
 if ! aws ecr describe-repositories --region "$region" --repository-names "$name" >/dev/null 2>&1; then
     echo "Creating ECR repository $name in $region"
@@ -32,10 +45,40 @@ if ! aws ecr describe-repositories --region "$region" --repository-names "$name"
 fi
 aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry"
 
-echo "Building $uri for $platform"
-docker build --platform "$platform" -t "$name:$tag" "$here"
-docker tag "$name:$tag" "$uri"
-docker tag "$name:$tag" "$registry/$name:latest"
-docker push "$uri"
-[[ $tag == latest ]] || docker push "$registry/$name:latest"
+build() {  # build PLATFORM TAG: one architecture into a local image
+    echo "Building $2 for $1"
+    docker build --platform "$1" -t "$2" "$here" && return
+    [[ $1 == "linux/$(docker version --format '{{.Server.Arch}}' 2>/dev/null)" ]] \
+        || echo "build_and_push.sh: building for $1 here needs emulation (Linux: apt-get install qemu-user-static)" >&2
+    die "docker build for $1 failed"
+}
+
+if [[ ${#platforms[@]} == 1 ]]; then
+    build "$platform" "$name:$tag"
+    for each in "${names[@]}"; do docker tag "$name:$tag" "$each"; done
+    for each in "${names[@]}"; do docker push "$each"; done
+elif docker buildx version >/dev/null 2>&1; then
+    echo "Building $uri for $platform with docker buildx"
+    tags=()
+    for each in "${names[@]}"; do tags+=(--tag "$each"); done
+    docker buildx build --platform "$platform" "${tags[@]}" --push "$here" \
+        || die "docker buildx build failed (a builder for several platforms: docker buildx create --use)"
+else
+    # One image per architecture (TAG-amd64, TAG-arm64), then a manifest list naming them.
+    # The manifest commands reach a registry on this machine (plain HTTP) only with --insecure.
+    insecure=()
+    [[ $registry == localhost:* || $registry == 127.* ]] && insecure=(--insecure)
+    parts=()
+    for each in "${platforms[@]}"; do
+        parts+=("$uri-${each#linux/}")
+        build "$each" "${parts[-1]}"
+        docker push "${parts[-1]}"
+    done
+    for each in "${names[@]}"; do
+        docker manifest rm "$each" >/dev/null 2>&1 || true  # a list left by an interrupted run
+        docker manifest create ${insecure[@]+"${insecure[@]}"} "$each" "${parts[@]}"
+        docker manifest push ${insecure[@]+"${insecure[@]}"} --purge "$each"
+    done
+fi
+echo "Pushed for ${platform//,/ and }:"
 echo "$uri"

@@ -94,11 +94,20 @@ def status(url: str, path: str = "/ping") -> int | None:
 class Server:
     """One serving stack on a loopback port; `ready` is seconds from start to first 200."""
 
-    def __init__(self, stack: str, base: Path, logs: Path, workers: int, payload_mb: int) -> None:
+    def __init__(
+        self,
+        stack: str,
+        base: Path,
+        logs: Path,
+        workers: int,
+        payload_mb: int = 6,
+        env: dict | None = None,
+    ) -> None:
         self.stack, self.port = stack, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
+            **(env or {}),
             "SAGEMAKER_BASE_DIR": str(base),
             "SAGEMAKER_BIND_TO_HOST": "127.0.0.1",
             "SAGEMAKER_BIND_TO_PORT": str(self.port),
@@ -149,6 +158,15 @@ class Server:
                 count += "sklearn/cluster/_k_means" in Path(f"/proc/{pid}/maps").read_text()
         return count
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of serve and all its descendants so far."""
+        ticks = 0
+        for pid in self.tree():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def memory(self) -> dict[str, float]:
         """PSS and RSS (MB) summed over serve and all its descendants, and their count."""
         tree = self.tree()
@@ -173,12 +191,17 @@ class Server:
 
 @contextlib.contextmanager
 def serving(
-    stacks: list[str], base: Path, logs: Path, workers: int, payload_mb: int = 6
+    stacks: list[str],
+    base: Path,
+    logs: Path,
+    workers: int,
+    payload_mb: int = 6,
+    env: dict | None = None,
 ) -> Iterator[dict]:
     servers: dict[str, Server] = {}
     try:
         for stack in stacks:
-            servers[stack] = Server(stack, base, logs, workers, payload_mb)
+            servers[stack] = Server(stack, base, logs, workers, payload_mb, env)
         yield servers
     finally:
         for server in servers.values():
@@ -211,10 +234,18 @@ def run_measured(command: list[str], env: dict, timeout: float) -> tuple[float, 
 # --- load ----------------------------------------------------------------------------
 
 
-def wrk(url: str, body: Path, content_type: str, connections: int, seconds: int) -> dict:
-    """req/s, p50 and p99 ms of POSTing `body` for `seconds`; answered in kind (no Accept)."""
+def wrk(
+    url: str,
+    body: Path,
+    content_type: str,
+    connections: int,
+    seconds: int,
+    path: str = "/invocations",
+) -> dict:
+    """req/s, p50 and p99 ms of POSTing `body` to `path` for `seconds`; answered in kind
+    (no Accept)."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
-    command += ["-s", str(BENCH / "wrk.lua"), url + "/invocations"]
+    command += ["-s", str(BENCH / "wrk.lua"), url + path]
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_TYPE": content_type}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 90)
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
@@ -224,6 +255,7 @@ def wrk(url: str, body: Path, content_type: str, connections: int, seconds: int)
     if result["errors"] or result["non_2xx"]:
         failures.append(f"{url} {body.name}: {result}")
     return {
+        "requests": result["requests"],
         "rps": result["requests"] / (result["duration_us"] / 1e6),
         "p50": result["p50_us"] / 1000,
         "p99": result["p99_us"] / 1000,
@@ -245,8 +277,7 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def ratio(ours: list[dict], other: list[dict], key: str) -> float:
-    """The median of the paired ratios; not a number if a run finished no request."""
-    pairs = list(zip(ours, other, strict=True))
-    if not all(a[key] and b[key] for a, b in pairs):
-        return math.nan
-    return statistics.median(a[key] / b[key] for a, b in pairs)
+    """The median of the paired ratios; a repeat in which `other` did nothing (a 2 s quick
+    run on a busy machine can answer no 6 MB request) has none; all such: NaN."""
+    pairs = [a[key] / b[key] for a, b in zip(ours, other, strict=True) if b[key]]
+    return statistics.median(pairs) if pairs else math.nan

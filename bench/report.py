@@ -278,6 +278,10 @@ def report(mode: Mode, results: dict, header: list[str], old: str) -> str:
         sections += startup_section(mode, results["startup"], summary)
     if "image" in results:
         sections += image_section(results["image"], summary)
+    if "multi-model" in results:
+        from bench import multi_model  # it builds its tables with this module's helpers
+
+        sections += multi_model.section(mode, results["multi-model"], summary)
     if "distributed" in results:
         from bench import distributed  # its own section, kept beside its benchmark
 

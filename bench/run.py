@@ -6,7 +6,8 @@
 Benchmarks: single-record and ~6 MB requests of 32-feature rows and of 4-feature rows
 (CSV, JSON, JSON Lines; wrk on loopback against `serve`, the stack ceiling and the naive
 predictor), training on two blob data sets (ours against the naive trainer), start-up
-time and memory of each serving stack, and the image size. Every figure is a
+time and memory of each serving stack, the image size, and multi-model endpoints against
+single-model serving (bench/multi_model.py). Every figure is a
 median over repeats, runs interleaved so noise falls on all sides alike; each ratio is
 the median of the per-repeat ratios. The report keeps the hand-written findings below
 its FINDINGS marker. Exits non-zero if any request failed or the stacks disagreed.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import joblib
 import numpy as np
 
-from bench import data, distributed, report
+from bench import data, distributed, multi_model, report
 from bench.common import (
     BENCH,
     FEATURES,
@@ -283,7 +284,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, help="wrk repeats (overrides the mode)")
     parser.add_argument(
         "--only",
-        default="requests,training,startup,image,distributed",
+        default="requests,training,startup,multi-model,image,distributed",
         help="benchmarks to run",
     )
     args = parser.parse_args()
@@ -308,10 +309,14 @@ def main() -> int:
             results[name] = function()
             print(f"bench: {name} done in {time.monotonic() - begun:.0f} s", flush=True)
 
-    if only & {"requests", "startup"}:
+    if only & {"requests", "startup", "multi-model"}:
         bases, bodies, counts = prepare_serving(args.work, args.data)
         step("requests", lambda: bench_requests(mode, bases, bodies, counts, logs))
         step("startup", lambda: bench_startup(mode, bases["wide"], bodies / "single.csv", logs))
+        step(
+            "multi-model",
+            lambda: multi_model.bench(mode, bases["wide"], args.work, bodies / "single.csv", logs),
+        )
     step(
         "training",
         lambda: [bench_training(mode, args.work, args.data, s) for s in mode.train_sets],

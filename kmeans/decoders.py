@@ -82,16 +82,20 @@ def _label_size(media: MediaType) -> int:
 
 def _csv_exact(body: bytes, first_line: int, labels: int, features: int) -> np.ndarray:
     rows = []
-    text = io.StringIO(body.decode("utf-8", "replace"))
-    for line, cells in enumerate(csv.reader(text), start=first_line):
-        if not cells or cells == [""]:
-            continue
-        cells = cells[labels:]
-        if len(cells) != features:
-            raise _width_error(features, len(cells), f"row {line}")
-        rows.append(
-            [_number(c, f"row {line}, column {i + labels}") for i, c in enumerate(cells, 1)]
-        )
+    text = io.StringIO(body.decode("utf-8", "replace"), newline="")  # csv reads \r itself
+    line = first_line
+    try:
+        for line, cells in enumerate(csv.reader(text), start=first_line):
+            if not cells or cells == [""]:
+                continue
+            cells = cells[labels:]
+            if len(cells) != features:
+                raise _width_error(features, len(cells), f"row {line}")
+            rows.append(
+                [_number(c, f"row {line}, column {i + labels}") for i, c in enumerate(cells, 1)]
+            )
+    except csv.Error as error:  # a field over 128 KB, say
+        raise DecodeError(f"row {line}: not valid CSV: {error}") from None
     return np.array(rows, dtype=np.float64).reshape(len(rows), features)
 
 
@@ -323,6 +327,8 @@ def decode_jsonlines(body: bytes, media: MediaType, features: int) -> np.ndarray
 
 
 def decode_npy(body: bytes, media: MediaType, features: int) -> np.ndarray:
+    if body.startswith(b"PK"):  # np.load would open a zip as an .npz archive
+        raise DecodeError("body is an .npz archive, expected one .npy array")
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:

@@ -82,6 +82,10 @@ def _int(env: dict[str, str], names: tuple[str, ...], default: int, minimum: int
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, "seconds")
+
+
+def _number(env: dict[str, str], name: str, default: float, unit: str) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -90,8 +94,19 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:
-        raise SettingError(f"{name} must be a number of seconds ≥ 0, got {raw!r}")
+        raise SettingError(f"{name} must be a number of {unit} ≥ 0, got {raw!r}")
     return value
+
+
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise SettingError(f"{name} must be true or false, got {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -105,11 +120,14 @@ class Environment:
     timeout: int = 60
     max_payload_mb: int = 6
     default_accept: str = ""
+    allow_pickle: bool = True  # serve may unpickle model.joblib when model.npz is absent
     training_job_name: str = ""
     pipe_wait_seconds: float = 60.0  # how long to wait for the next Pipe-mode FIFO
     checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
     join_seconds: float = 300.0  # several hosts: how long they have to join the leader
     runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
+    multi_model: bool = False  # a multi-model endpoint: the /models API, no model at start
+    model_memory_mb: float = 0.0  # multi-model: what loaded models may take; 0: half the RAM
 
     @classmethod
     def read(cls, env: dict[str, str] | None = None) -> Environment:
@@ -127,9 +145,12 @@ class Environment:
             timeout=_int(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60, 1),
             max_payload_mb=_int(env, ("SAGEMAKER_MAX_PAYLOAD_IN_MB",), 6, 1),
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip(),
+            allow_pickle=_flag(env, "SAGE_KMEANS_ALLOW_PICKLE", True),
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
             pipe_wait_seconds=_seconds(env, "SAGE_KMEANS_PIPE_WAIT_SECONDS", 60.0),
             checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),
             join_seconds=_seconds(env, "SAGE_KMEANS_JOIN_TIMEOUT_SECONDS", 300.0),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
+            multi_model=_flag(env, "SAGEMAKER_MULTI_MODEL", False),
+            model_memory_mb=_number(env, "SAGE_KMEANS_MODEL_MEMORY_MB", 0.0, "MB"),
         )

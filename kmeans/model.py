@@ -1,8 +1,14 @@
 """The model: fit a K-Means, save it atomically, load it, and assign records to clusters.
 
-This module knows neither HTTP nor /opt/ml: it takes arrays and folders. The folder holds
-`model.joblib` (the scikit-learn estimator, loadable with plain joblib.load) and
-`model.json` (k, feature count, hyperparameters, library versions, metrics).
+This module knows neither HTTP nor /opt/ml: it takes arrays and folders. `save` writes
+- `model.npz`: the centres and the standardisation as plain numpy arrays, no code. This
+  is what `serve` loads, with numpy alone, without unpickling anything;
+- `model.joblib`: the scikit-learn estimator, for people who load it with joblib.load.
+  A model someone brings may be this file alone (any estimator with `transform`), and
+  so are models written before model.npz existed: `load` unpickles it only then;
+- `model.json`: k, feature count, hyperparameters, library versions, metrics.
+scikit-learn is imported only by the functions that fit, save or unpickle, so that
+serving model.npz never imports it (nor scipy): most of what `serve` took to start.
 """
 
 from __future__ import annotations
@@ -15,24 +21,23 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
-import sklearn
-from sklearn.base import BaseEstimator
-from sklearn.cluster import KMeans, kmeans_plusplus
-from sklearn.cluster import _kmeans as sklearn_kmeans
-from sklearn.exceptions import InconsistentVersionWarning
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from kmeans.hyperparameters import Hyperparameters
 
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+ARRAYS_FILE = "model.npz"
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "model.json"
+ARRAYS_FORMAT = 1  # model.npz's `format` entry; a reader refuses any other
 SEED_SAMPLE_ROWS = 100_000  # k-means++ seeds from at most this many rows
 BLOCK_ROWS = 1 << 15  # rows per block of arithmetic over the training rows, on every core
 
@@ -42,6 +47,9 @@ class ModelError(RuntimeError):
 
 
 def versions() -> dict[str, str]:
+    import joblib
+    import sklearn
+
     return {
         "python": platform.python_version(),
         "scikit-learn": sklearn.__version__,
@@ -52,6 +60,10 @@ def versions() -> dict[str, str]:
 
 def build(hp: Hyperparameters) -> BaseEstimator:
     """The estimator the hyperparameters describe (unfitted)."""
+    from sklearn.cluster import KMeans
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     kmeans = KMeans(
         n_clusters=hp.k,
         init=hp.init,
@@ -75,6 +87,8 @@ def fit(hp: Hyperparameters, features: np.ndarray) -> BaseEstimator:
     the seeding runs on a random sample of that many rows, as MiniBatchKMeans seeds: on
     every row it took 2.7 s of a 4.2 s fit of 4 M rows. Lloyd's iterations still use
     every row."""
+    from sklearn.cluster import kmeans_plusplus
+
     estimator = build(hp)
     kmeans = kmeans_step(estimator)
     sampled = (
@@ -142,37 +156,38 @@ def combine_moments(parts: list[Moments]) -> Moments:
     return count, mean, squares
 
 
-def _tolerance(features: Any, tol: float) -> float:
-    """tol x the mean column variance, as scikit-learn's KMeans reads its `tol`."""
-    if tol == 0 or not isinstance(features, np.ndarray) or features.dtype.kind != "f":
-        return _SKLEARN_TOLERANCE(features, tol)
-    count, _, squares = moments(features)
-    return float(np.mean(squares / count)) * tol
-
-
-_SKLEARN_TOLERANCE = getattr(sklearn_kmeans, "_tolerance", None)
-
-
 @contextlib.contextmanager
 def _tolerance_in_blocks() -> Iterator[None]:
-    """KMeans.fit turns `tol` into an absolute tolerance with np.var(X, axis=0), whose
-    temporary is as large as X: at the peak, a second copy of the training data (and 0.4 s
-    on 2 M rows). Inside this block it gets the same number from `moments`. A scikit-learn
-    without that function keeps its own way."""
-    if _SKLEARN_TOLERANCE is None:
+    """KMeans.fit turns `tol` into an absolute tolerance (tol x the mean column variance)
+    with np.var(X, axis=0), whose temporary is as large as X: at the peak, a second copy
+    of the training data (and 0.4 s on 2 M rows). Inside this block it gets the same
+    number from `moments`. A scikit-learn without that function keeps its own way."""
+    from sklearn.cluster import _kmeans as sklearn_kmeans
+
+    original = getattr(sklearn_kmeans, "_tolerance", None)
+    if original is None:
         yield
         return
-    sklearn_kmeans._tolerance = _tolerance
+
+    def tolerance(features: Any, tol: float) -> float:
+        if tol == 0 or not isinstance(features, np.ndarray) or features.dtype.kind != "f":
+            return original(features, tol)
+        count, _, squares = moments(features)
+        return float(np.mean(squares / count)) * tol
+
+    sklearn_kmeans._tolerance = tolerance
     try:
         yield
     finally:
-        sklearn_kmeans._tolerance = _SKLEARN_TOLERANCE
+        sklearn_kmeans._tolerance = original
 
 
 def fitted_scaler(
     mean: np.ndarray, variance: np.ndarray, scale: np.ndarray, rows: int
 ) -> StandardScaler:
     """A StandardScaler holding statistics computed elsewhere (over several hosts)."""
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler()
     scaler.mean_, scaler.var_, scaler.scale_ = mean, variance, scale
     scaler.n_samples_seen_, scaler.n_features_in_ = rows, len(mean)
@@ -190,6 +205,9 @@ def assemble(
 
     Fitting a KMeans on its own k centres, starting from them, returns exactly those
     centres; that makes a fitted scikit-learn KMeans without touching its private state."""
+    from sklearn.cluster import KMeans
+    from sklearn.pipeline import Pipeline
+
     kmeans = KMeans(n_clusters=hp.k, init=centres, n_init=1, max_iter=1, random_state=hp.seed)
     kmeans.fit(centres)
     kmeans.cluster_centers_ = np.array(centres, np.float64)  # bit for bit, whatever fit did
@@ -202,10 +220,19 @@ def assemble(
     return kmeans
 
 
+def _steps(estimator: Any) -> list[Any]:
+    from sklearn.pipeline import Pipeline
+
+    return [step for _, step in estimator.steps] if isinstance(estimator, Pipeline) else [estimator]
+
+
 def without_in_place_copies(estimator: BaseEstimator) -> BaseEstimator:
     """Training worked in place to save memory; the saved model must not touch the
     arrays people pass to it."""
-    for step in [s for _, s in estimator.steps] if isinstance(estimator, Pipeline) else [estimator]:
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+    for step in _steps(estimator):
         if isinstance(step, StandardScaler):
             step.set_params(copy=True)
         elif isinstance(step, KMeans):
@@ -214,47 +241,52 @@ def without_in_place_copies(estimator: BaseEstimator) -> BaseEstimator:
 
 
 def kmeans_step(estimator: BaseEstimator) -> KMeans:
-    return estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    return _steps(estimator)[-1]
 
 
-class Assigner:
-    """Closest cluster and Euclidean distance to its centre, one pair per row.
+@dataclass(frozen=True, eq=False)
+class Centres:
+    """A fitted model as plain arrays, what model.npz holds: rows are shifted by `mean`
+    and divided by `scale` (standardize), then assigned to the closest centre.
 
-    For the estimators `train` writes (a KMeans, or StandardScalers then a KMeans) the
-    arithmetic is done here with numpy: scikit-learn's transform spends about 0.2 ms a
-    call checking its input, more than all the rest of a one-record request. Any other
-    estimator goes through its own transform.
-    """
+    The arithmetic is numpy's: scikit-learn's transform spends about 0.2 ms a call
+    checking its input, more than all the rest of a one-record request."""
 
-    def __init__(self, estimator: BaseEstimator) -> None:
-        steps = [s for _, s in estimator.steps] if isinstance(estimator, Pipeline) else [estimator]
-        *self.scalers, last = steps
-        self.estimator = estimator
-        self.direct = (
-            isinstance(last, KMeans)
-            and hasattr(last, "cluster_centers_")
-            and all(type(step) is StandardScaler for step in self.scalers)
-        )
-        if self.direct:
-            self.centres = np.asarray(last.cluster_centers_, np.float64)
-            self.centre_norms = np.einsum("ij,ij->i", self.centres, self.centres)
-            self.minus_2_centres_t = np.ascontiguousarray(-2.0 * self.centres.T)
+    centres: np.ndarray  # (k, features), float64
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    norms: np.ndarray = field(init=False, repr=False)  # |c|² of each centre
+    minus_2_centres_t: np.ndarray = field(init=False, repr=False)  # -2cᵀ, contiguous
 
-    def _scaled(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, np.float64)
-        for scaler in self.scalers:
-            if scaler.with_mean:
-                rows = rows - scaler.mean_
-            if scaler.with_std:
-                rows = rows / scaler.scale_
-        return rows
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norms", np.einsum("ij,ij->i", self.centres, self.centres))
+        object.__setattr__(self, "minus_2_centres_t", np.ascontiguousarray(-2.0 * self.centres.T))
+
+    @classmethod
+    def of(cls, estimator: Any) -> Centres | None:
+        """The arrays of a KMeans (or MiniBatchKMeans), alone or after one StandardScaler;
+        None for any other estimator."""
+        from sklearn.cluster import KMeans, MiniBatchKMeans
+        from sklearn.preprocessing import StandardScaler
+
+        *scalers, last = _steps(estimator)
+        if type(last) not in (KMeans, MiniBatchKMeans) or not hasattr(last, "cluster_centers_"):
+            return None  # exact types: a subclass may have its own transform
+        if len(scalers) > 1 or any(type(step) is not StandardScaler for step in scalers):
+            return None
+        mean = scale = None
+        if scalers:
+            scaler = scalers[0]
+            mean = np.asarray(scaler.mean_, np.float64) if scaler.with_mean else None
+            scale = np.asarray(scaler.scale_, np.float64) if scaler.with_std else None
+        return cls(np.asarray(last.cluster_centers_, np.float64), mean, scale)
 
     def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.direct:
-            distances = self.estimator.transform(rows)
-            labels = distances.argmin(axis=1)
-            return labels, distances[np.arange(len(labels)), labels]
-        rows = self._scaled(rows)
+        rows = np.asarray(rows, np.float64)
+        if self.mean is not None:
+            rows = rows - self.mean
+        if self.scale is not None:
+            rows = rows / self.scale
         if len(rows) * self.centres.size <= 1 << 16:  # small: exact differences
             differences = rows[:, None, :] - self.centres[None, :, :]
             squared = np.einsum("ijk,ijk->ij", differences, differences)
@@ -266,11 +298,29 @@ class Assigner:
         block = max(1, (1 << 16) // len(self.centres))
         for start in range(0, len(rows), block):
             scores = rows[start : start + block] @ self.minus_2_centres_t
-            scores += self.centre_norms
+            scores += self.norms
             labels[start : start + block] = scores.argmin(axis=1)
         differences = self.centres.take(labels, axis=0)
         np.subtract(rows, differences, out=differences)
         return labels, np.sqrt(np.einsum("ij,ij->i", differences, differences))
+
+
+class Assigner:
+    """Closest cluster and Euclidean distance to its centre, one pair per row: with
+    numpy for the estimators `train` writes (see Centres), through the estimator's own
+    transform for any other."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+        self.centres = Centres.of(estimator)
+        self.direct = self.centres is not None
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.centres is not None:
+            return self.centres(rows)
+        distances = self.estimator.transform(rows)
+        labels = distances.argmin(axis=1)
+        return labels, distances[np.arange(len(labels)), labels]
 
 
 def assign(estimator: BaseEstimator, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -291,69 +341,162 @@ def squared_distance_sum(estimator: BaseEstimator, features: np.ndarray) -> floa
 
 def write_temporary(folder: Path, name: str, write: Callable[[Path], None]) -> Path:
     """A file fully written under a hidden temporary name beside `name`, for the caller
-    to rename into place (an atomic rename: never a half-written file)."""
+    to rename into place (an atomic rename: never a half-written file). A failed write
+    (a full disk) leaves nothing behind and names the file it was writing."""
     handle, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
     os.close(handle)
     try:
         write(Path(temporary))
         os.chmod(temporary, 0o644)  # mkstemp makes it private; serve may run as another user
         return Path(temporary)
-    except BaseException:
+    except BaseException as error:
         os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename in (None, temporary):
+            raise OSError(error.errno, error.strerror, str(folder / name)) from error
         raise
 
 
+def _write_centres(centres: Centres, path: Path) -> None:
+    arrays = {"format": np.array(ARRAYS_FORMAT), "centres": centres.centres}
+    for name in ("mean", "scale"):
+        if getattr(centres, name) is not None:
+            arrays[name] = getattr(centres, name)
+    with path.open("wb") as file:
+        np.savez(file, **arrays)
+
+
 def save(folder: Path, estimator: BaseEstimator, metadata: dict[str, Any]) -> None:
-    """Write both files under temporary names, then rename: never a half model."""
+    """Write every file under a temporary name, then rename them: never a half model."""
+    import joblib
+
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {**metadata, "versions": versions()}
-    temporary = [
-        (
-            write_temporary(
-                folder, MODEL_FILE, lambda path: joblib.dump(estimator, path, protocol=5)
-            ),
-            MODEL_FILE,
-        ),
-        (
-            write_temporary(
-                folder,
-                METADATA_FILE,
-                lambda path: path.write_text(json.dumps(metadata, indent=2) + "\n"),
-            ),
-            METADATA_FILE,
-        ),
-    ]
-    for path, name in temporary:
+    writers: dict[str, Callable[[Path], None]] = {
+        MODEL_FILE: lambda path: joblib.dump(estimator, path, protocol=5),
+        METADATA_FILE: lambda path: path.write_text(json.dumps(metadata, indent=2) + "\n"),
+    }
+    centres = Centres.of(estimator)
+    if centres is not None:
+        writers[ARRAYS_FILE] = lambda path: _write_centres(centres, path)
+    else:  # an estimator only joblib can hold: no stale model.npz may shadow it
+        (folder / ARRAYS_FILE).unlink(missing_ok=True)
+    written: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            written[name] = write_temporary(folder, name, write)
+    except BaseException:
+        for path in written.values():
+            path.unlink(missing_ok=True)
+        raise
+    for name, path in written.items():
         os.replace(path, folder / name)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    estimator: BaseEstimator
+    source: Path  # the file the model came from
+    kind: str  # what it is, for the log
     metadata: dict[str, Any]
     feature_dim: int
     warnings: tuple[str, ...]
-    assign: Assigner
+    assign: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def load(folder: Path) -> LoadedModel:
-    """Load and check a model folder; every failure is one line naming the file."""
-    path = folder / MODEL_FILE
-    if not path.is_file():
+def load(folder: Path, allow_pickle: bool = True) -> LoadedModel:
+    """Load and check a model folder: model.npz when it is there, else model.joblib
+    (unless `allow_pickle` is false). Every failure is one line naming the file."""
+    metadata, notes = _metadata(folder / METADATA_FILE)
+    arrays, pickled = folder / ARRAYS_FILE, folder / MODEL_FILE
+    if arrays.is_file():
+        centres = _read_centres(arrays, metadata)
+        features = centres.centres.shape[1]
+        return LoadedModel(arrays, "KMeans", metadata, features, tuple(notes), centres)
+    if not pickled.is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else ""
         raise ModelError(
-            f"model file {path} not found"
+            f"model file {arrays} (or {MODEL_FILE}) not found"
             + (f" (the folder holds: {found})" if found else " (the folder is empty or missing)")
         )
-    notes = []
-    metadata: dict[str, Any] = {}
-    meta_path = folder / METADATA_FILE
-    if meta_path.is_file():
-        try:
-            metadata = json.loads(meta_path.read_text())
-        except ValueError as error:
-            notes.append(f"{meta_path} is not valid JSON ({error}); ignored")
-    trained_with = metadata.get("versions", {}).get("scikit-learn")
+    if not allow_pickle:
+        raise ModelError(
+            f"model file {arrays} not found, and {pickled} is a pickle, which "
+            f"SAGE_KMEANS_ALLOW_PICKLE=false forbids loading: train again to write {ARRAYS_FILE}"
+        )
+    return _load_pickled(pickled, metadata, notes)
+
+
+def _metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
+    if not path.is_file():
+        return {}, []
+    try:
+        metadata = json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+        return {}, [f"{path} cannot be read as JSON ({error}); ignored"]
+    if not isinstance(metadata, dict):
+        return {}, [f"{path} holds a {type(metadata).__name__}, not an object; ignored"]
+    return metadata, []
+
+
+def _read_centres(path: Path, metadata: dict[str, Any]) -> Centres:
+    """model.npz, read without unpickling and checked: format, shapes, finite values,
+    and agreement with model.json."""
+    try:
+        with path.open("rb") as file:
+            zipped = file.read(4) == b"PK\x03\x04"  # else np.load takes it for a pickle
+        if not zipped:
+            raise ModelError(f"model file {path} cannot be read: it is not an .npz archive")
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except ModelError:
+        raise
+    except Exception as error:  # a damaged zip file raises many kinds of error
+        raise ModelError(f"model file {path} cannot be read: {error!r}") from None
+
+    def refuse(why: str) -> ModelError:
+        return ModelError(f"model file {path} cannot be served: {why}")
+
+    version = arrays.pop("format", None)
+    if version is None or version.shape != () or version.dtype.kind not in "iu":
+        raise refuse("no format number; it was not written by sage-kmeans")
+    if int(version) != ARRAYS_FORMAT:
+        raise refuse(
+            f"format {int(version)}, and this version of sage-kmeans reads format "
+            f"{ARRAYS_FORMAT}: serve it with the image that trained it"
+        )
+    centres, mean, scale = (arrays.pop(name, None) for name in ("centres", "mean", "scale"))
+    if arrays:
+        raise refuse(f"unknown arrays {sorted(arrays)}")
+    if centres is None or centres.ndim != 2 or centres.dtype.kind != "f" or 0 in centres.shape:
+        raise refuse("'centres' must be a non-empty 2-D array of floats")
+    k, features = centres.shape
+    for name, value in (("mean", mean), ("scale", scale)):
+        if value is not None and (value.shape != (features,) or value.dtype.kind != "f"):
+            raise refuse(f"{name!r} must hold {features} floats, one per feature")
+    if not all(np.isfinite(a).all() for a in (centres, mean, scale) if a is not None):
+        raise refuse("it holds NaN or infinite values")
+    if scale is not None and not scale.all():
+        raise refuse("'scale' holds zeros")
+    expected = {"k": k, "feature_dim": features}
+    differ = {
+        key: metadata[key] for key in expected if key in metadata and metadata[key] != expected[key]
+    }
+    if differ:
+        raise refuse(
+            f"it holds {k} centres of {features} features, but {METADATA_FILE} says "
+            + ", ".join(f"{key}={value}" for key, value in differ.items())
+            + ": the two files come from different trainings"
+        )
+    return Centres(*(a if a is None else a.astype(np.float64) for a in (centres, mean, scale)))
+
+
+def _load_pickled(path: Path, metadata: dict[str, Any], notes: list[str]) -> LoadedModel:
+    """model.joblib: whatever estimator it holds, so long as it ends in fitted centres."""
+    import joblib
+    import sklearn
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    recorded = metadata.get("versions")
+    trained_with = recorded.get("scikit-learn") if isinstance(recorded, dict) else None
     if trained_with and trained_with != sklearn.__version__:
         notes.append(
             f"model saved with scikit-learn {trained_with}, loaded with {sklearn.__version__}: "
@@ -378,4 +521,5 @@ def load(folder: Path) -> LoadedModel:
         raise ModelError(
             f"model file {path} holds a {type(estimator).__name__}, not a fitted KMeans"
         ) from None
-    return LoadedModel(estimator, metadata, feature_dim, tuple(notes), Assigner(estimator))
+    kind = type(estimator).__name__
+    return LoadedModel(path, kind, metadata, feature_dim, tuple(notes), Assigner(estimator))

@@ -1,8 +1,12 @@
 """The Flask app behind gunicorn: /ping, /invocations and /execution-parameters.
 
 Built by create_app() from an already loaded model and the environment snapshot, so
-tests build as many as they like and gunicorn loads the model once, before forking.
+tests build as many as they like and gunicorn loads the model once, before forking;
+or, for a multi-model endpoint, from the registry, with the /models API in its place
+(kmeans/multi_model.py). Either way one function answers a prediction request.
 Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
+Request bodies are read by read_body(): gzip and deflate bodies are inflated there, never
+past the payload limit, and a request whose client has left is not worked on.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import time
+import zlib
 
 import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from kmeans import decoders, encoders, model
+from kmeans import decoders, encoders, model, multi_model
 from kmeans.content_types import CSV, MediaType
 from kmeans.environment import Environment
+from kmeans.registry import Registry
 
 log = logging.getLogger("kmeans.serve")
 
@@ -34,7 +41,7 @@ def _stamp(second: int) -> str:
 
 
 def _log_request(
-    records: int, size: int, kind: str, answer: int, answer_kind: str, started: float
+    records: int, size: int, kind: str, answer: int, answer_kind: str, started: float, note: str
 ) -> None:
     """The one line each invocation logs, written straight to stdout's file descriptor in
     one call: through `logging` it costs a third of what a one-record request costs in
@@ -43,12 +50,76 @@ def _log_request(
     os.write(
         STDOUT,
         f"{_stamp(int(time.time()))} INFO invocation: {records} records, {size} bytes "
-        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms\n".encode(),
+        f"{kind} -> {answer} bytes {answer_kind} in {elapsed:.1f} ms{note}\n".encode(),
     )
 
 
-def read_body(environ: dict, limit: int) -> bytes:
-    """The request body in one read of Content-Length bytes: werkzeug's get_data asks
+def invoke(
+    loaded: model.LoadedModel,
+    environ: dict,
+    default_accept: str,
+    limit: int,
+    started: float,
+    note: str = "",
+) -> Response:
+    """One invocation: the body decoded, assigned and encoded as Accept asks, the custom
+    attributes echoed, and one line logged (`note` ends it). Plain dict look-ups in the
+    WSGI environ: this path is paid per request."""
+    media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
+    request_type = media.essence
+    accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
+    body = read_body(environ, limit)
+    rows = decoders.decode(body, media, loaded.feature_dim)
+    labels, distances = loaded.assign(rows)
+    answer = encoders.ENCODERS[accept](labels, distances)
+    response = Response(answer, 200, content_type=accept)
+    attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
+    if attributes is not None:
+        response.headers[CUSTOM_ATTRIBUTES] = attributes
+    _log_request(len(rows), len(body), request_type, len(answer), accept, started, note)
+    return response
+
+
+class RequestError(ValueError):
+    """A request refused before its records are read, with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """One Content-Encoding undone, stopping as soon as the output passes `limit`: a
+    small body that inflates to gigabytes costs no more than `limit` bytes of work."""
+    parts, size, wbits = [], 0, _WBITS[coding]
+    while body:  # gzip allows several members, one after another
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(body, limit + 1 - size)
+        except zlib.error as error:
+            if coding == "deflate" and wbits > 0 and not parts:
+                wbits = -zlib.MAX_WBITS  # "deflate" sent raw, as some clients do
+                continue
+            raise RequestError(400, f"body is not valid {coding} data: {error}") from None
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise RequestError(
+                413,
+                f"request body too large: it inflates ({coding}) to more than the limit of "
+                f"{limit >> 20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)",
+            )
+        if not inflater.eof:
+            raise RequestError(400, f"body is not valid {coding} data: it ends too soon")
+        parts.append(part)
+        body = inflater.unused_data
+    return b"".join(parts)
+
+
+def _read_raw(environ: dict, limit: int) -> bytes:
+    """The body as sent, in one read of Content-Length bytes: werkzeug's get_data asks
     gunicorn for 64 KB at a time, which costs as much CPU as the rest of the stack does
     for a 6 MB body."""
     try:
@@ -62,23 +133,38 @@ def read_body(environ: dict, limit: int) -> bytes:
     return environ["wsgi.input"].read(length)
 
 
-def invoke(loaded: model.LoadedModel, environ: dict, default_accept: str, limit: int) -> Response:
-    """One invocation: the body decoded, assigned and encoded as Accept asks, and logged.
-    Plain dict look-ups in the WSGI environ: this path is paid per request."""
-    started = time.perf_counter()
-    media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
-    request_type = media.essence
-    accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
-    body = read_body(environ, limit)
-    rows = decoders.decode(body, media, loaded.feature_dim)
-    labels, distances = loaded.assign(rows)
-    answer = encoders.ENCODERS[accept](labels, distances)
-    response = Response(answer, 200, content_type=accept)
-    attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
-    if attributes is not None:
-        response.headers[CUSTOM_ATTRIBUTES] = attributes
-    _log_request(len(rows), len(body), request_type, len(answer), accept, started)
-    return response
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body, with its Content-Encoding (gzip, deflate, identity) undone."""
+    body = _read_raw(environ, limit)
+    if _client_gone(environ):  # checked once the body is read: only then is EOF visible
+        raise RequestError(
+            499, "the client closed the connection before a worker was free; not processed"
+        )
+    header = environ.get("HTTP_CONTENT_ENCODING")
+    if header is None:
+        return body
+    for coding in reversed([c.strip().lower() for c in header.split(",")]):
+        if coding in _WBITS:
+            body = _inflate(body, coding, limit)
+        elif coding not in ("identity", ""):
+            raise RequestError(
+                415, f"Content-Encoding {coding!r} is not supported; use gzip, deflate or identity"
+            )
+    return body
+
+
+def _client_gone(environ: dict) -> bool:
+    """True when nginx has closed the connection: it answered 504 (or its client left)
+    while the request waited for a worker, so nobody is waiting for this answer."""
+    connection = environ.get("gunicorn.socket")
+    if connection is None:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # open, nothing to read: the usual case
+    except OSError:
+        return True
 
 
 def _error(status: int, message: str) -> Response:
@@ -91,9 +177,10 @@ def _json_string(text: str) -> bytes:
     return orjson.dumps(" ".join(text.split()))
 
 
-def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
+def create_app(loaded: model.LoadedModel | Registry, env: Environment) -> Flask:
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = env.max_payload_mb << 20
+    limit = env.max_payload_mb << 20
+    app.config["MAX_CONTENT_LENGTH"] = limit
     default_accept = MediaType.parse(env.default_accept).essence if env.default_accept else ""
     execution_parameters = {
         "MaxConcurrentTransforms": env.workers,
@@ -109,9 +196,17 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
     def parameters() -> dict[str, object]:
         return execution_parameters
 
-    @app.post("/invocations")
-    def invocations() -> Response:
-        return invoke(loaded, request.environ, default_accept, app.config["MAX_CONTENT_LENGTH"])
+    def predict(served: model.LoadedModel, started: float, note: str = "") -> Response:
+        """A prediction request, for /invocations and /models/<name>/invoke alike."""
+        return invoke(served, request.environ, default_accept, limit, started, note)
+
+    if isinstance(loaded, Registry):
+        multi_model.add_routes(app, loaded, predict, _error)
+    else:
+
+        @app.post("/invocations")
+        def invocations() -> Response:
+            return predict(loaded, time.perf_counter())
 
     @app.errorhandler(decoders.DecodeError)
     def bad_body(error: Exception) -> Response:
@@ -123,6 +218,11 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
         log.info("invocation refused (415): %s", error)
         return _error(415, str(error))
 
+    @app.errorhandler(RequestError)
+    def refused(error: RequestError) -> Response:
+        log.info("invocation refused (%d): %s", error.status, error)
+        return _error(error.status, str(error))
+
     @app.errorhandler(encoders.NotAcceptable)
     def bad_accept(error: Exception) -> Response:
         log.info("invocation refused (406): %s", error)
@@ -132,7 +232,11 @@ def create_app(loaded: model.LoadedModel, env: Environment) -> Flask:
     def http_error(error: HTTPException) -> Response:
         if error.code == 413:
             return _error(413, f"request body too large: the limit is {env.max_payload_mb} MB")
-        return _error(error.code or 500, f"{error.name}: {request.method} {request.path}")
+        response = _error(error.code or 500, f"{error.name}: {request.method} {request.path}")
+        allowed = getattr(error, "valid_methods", None)  # a 405 says what the path takes
+        if allowed:
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(error: Exception) -> Response:

@@ -3,8 +3,10 @@
 - Runtime files (gunicorn socket, nginx config, pid and temp folders) live in a private
   folder per server, so several servers can share a machine.
 - nginx starts only once a gunicorn worker is ready, so it never answers 502 at start-up.
-- SIGTERM (or SIGINT): nginx stops accepting and finishes the requests in flight, then
-  gunicorn stops; exit 0. If nginx or gunicorn dies on its own, the other is stopped and
+- SIGTERM (or SIGINT): nginx stops accepting and finishes the requests in flight (for at
+  most DRAIN_TIMEOUT), then gunicorn stops at once: what its workers still compute has
+  no client left (nginx answered it 504, or its client left). Exit 0, well within the
+  30 s SageMaker allows. If nginx or gunicorn dies on its own, the other is stopped and
   serve exits non-zero, so the platform replaces the container.
 
 This process imports no scientific library: it stays small and starts at once.
@@ -31,7 +33,8 @@ log = logging.getLogger("kmeans.serve")
 
 PACKAGE = Path(__file__).resolve().parent
 START_TIMEOUT = 300  # SageMaker fails an endpoint whose /ping does not pass in minutes
-STOP_TIMEOUT = 25  # SageMaker sends SIGKILL 30 s after SIGTERM
+DRAIN_TIMEOUT = 20  # SageMaker sends SIGKILL 30 s after SIGTERM
+GUNICORN_STOP_TIMEOUT = 5  # its graceful_timeout (2 s), then SIGKILL
 
 
 def _die_with_parent(signum: int) -> Callable[[], None] | None:
@@ -59,6 +62,7 @@ def write_nginx_config(env: Environment, runtime: Path) -> Path:
         "@PORT@": str(env.port),
         "@MAX_BODY_MB@": str(env.max_payload_mb),
         "@TIMEOUT@": str(env.timeout),
+        "@MULTI_MODEL@": "" if env.multi_model else "# ",
     }.items():
         text = text.replace(name, value)
     path = runtime / "nginx.conf"
@@ -159,15 +163,17 @@ class Supervisor:
                 if code is not None:
                     log.error("%s exited unexpectedly with code %d; stopping", name, code)
                     self._stop_all()
-                    return code or 1
+                    return code if code > 0 else 1  # not 0, nor 256 minus a signal
             time.sleep(0.1)
         self._stop_all()
         return 0
 
     def _stop_all(self) -> None:
-        """nginx first (it drains requests in flight), then gunicorn, within STOP_TIMEOUT."""
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for child, graceful in ((self.nginx, signal.SIGQUIT), (self.gunicorn, signal.SIGTERM)):
+        """nginx first (it drains the requests in flight), then gunicorn."""
+        for name, child, graceful, timeout in (
+            ("nginx", self.nginx, signal.SIGQUIT, DRAIN_TIMEOUT),
+            ("gunicorn", self.gunicorn, signal.SIGTERM, GUNICORN_STOP_TIMEOUT),
+        ):
             if child is None:
                 continue
             if child.poll() is not None:
@@ -175,8 +181,9 @@ class Supervisor:
                 continue
             child.send_signal(graceful)
             try:
-                child.wait(max(1.0, deadline - time.monotonic()))
+                child.wait(timeout)
             except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %d s; killing it", name, timeout)
                 child.kill()
                 child.wait()
             _kill_group(child)

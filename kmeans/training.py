@@ -6,6 +6,7 @@ FailureReason), with detail below it, and a non-zero exit.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -79,7 +80,8 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-# The fitting modules import scikit-learn, scipy and pandas: about a second of start-up.
+# The fitting modules bring scikit-learn, scipy and pandas (kmeans.streaming imports them):
+# about a second of start-up.
 FITTING = ("kmeans.model", "kmeans.streaming", "kmeans.reduction")
 
 
@@ -338,6 +340,10 @@ def _failure(error: BaseException, paths: Paths | None = None) -> tuple[str, str
         return f"{STOPPED} at {error}; {saved}", "", EXIT_STOPPED
     if isinstance(error, MemoryError):
         return "out of memory: use a larger instance or set mini_batch_size", "", EXIT_INPUT_ERROR
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {error.filename}" if error.filename else ""
+        reason = f"no space left on device{where}: free space, or give the job a larger volume"
+        return f"{reason} (VolumeSizeInGB)", "", EXIT_INPUT_ERROR
     return (
         f"internal error: {type(error).__name__}: {error}",
         traceback.format_exc(),

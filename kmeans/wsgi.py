@@ -2,13 +2,15 @@
 
 gunicorn preloads this module in its master process (preload_app), so the model is read
 once, before any worker exists, and the forked workers share it copy-on-write. A model
-that cannot be loaded stops the server here with one line naming the file.
+that cannot be loaded stops the server here with one line naming the file and exit code
+EXIT_NO_MODEL (3). A multi-model endpoint starts with no model: its registry of loaded
+models is made here instead.
 """
 
 import logging
 import sys
 
-from kmeans import model
+from kmeans import model, registry
 from kmeans.environment import EXIT_NO_MODEL, Environment
 from kmeans.predictor import create_app
 
@@ -19,18 +21,27 @@ logging.basicConfig(
 )
 log = logging.getLogger("kmeans.serve")
 
+
+def _loaded(environment: Environment) -> model.LoadedModel:
+    try:
+        loaded = model.load(environment.paths.model, environment.allow_pickle)
+    except model.ModelError as error:
+        print(f"serve: cannot start: {error}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_NO_MODEL)
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+    log.info(
+        "model loaded from %s: %s, k=%s, %d features",
+        loaded.source,
+        loaded.kind,
+        loaded.metadata.get("k", "?"),
+        loaded.feature_dim,
+    )
+    return loaded
+
+
 environment = Environment.read()
-try:
-    loaded = model.load(environment.paths.model)
-except model.ModelError as error:
-    print(f"serve: cannot start: {error}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_NO_MODEL)
-for warning in loaded.warnings:
-    log.warning("%s", warning)
-log.info(
-    "model loaded: %s, k=%s, %d features",
-    type(loaded.estimator).__name__,
-    loaded.metadata.get("k", "?"),
-    loaded.feature_dim,
-)
-app = create_app(loaded, environment)
+if environment.multi_model:
+    app = create_app(registry.create(environment), environment)
+else:
+    app = create_app(_loaded(environment), environment)

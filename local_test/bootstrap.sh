@@ -5,7 +5,8 @@
 #   curl   what predict.sh sends requests with (likewise)
 #   wrk    the load generator of the benchmarks (likewise)
 # Usage: local_test/bootstrap.sh [venv] [nginx] [curl] [wrk]   (no argument: all four)
-# PYTHON names the interpreter for a new .venv (default python3; 3.11 or newer).
+# PYTHON names the interpreter for a new .venv (default python3; 3.11.2 or newer, the oldest
+# tested: Debian 12's).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
@@ -29,9 +30,9 @@ setup_venv() {
         return
     fi
     if [[ ! -x $venv/bin/python ]]; then
-        command -v "$python" >/dev/null || { say "$python not found: install Python 3.11 or newer, or set PYTHON"; exit 1; }
-        "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-            || { say "$python is older than 3.11: set PYTHON=python3.11 (or newer)"; exit 1; }
+        command -v "$python" >/dev/null || { say "$python not found: install Python 3.11.2 or newer, or set PYTHON"; exit 1; }
+        "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11, 2))' \
+            || { say "$python is older than 3.11.2: set PYTHON to a newer one"; exit 1; }
         "$python" -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
         say "creating .venv with $python"
         "$python" -m venv "$venv"

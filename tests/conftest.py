@@ -1,8 +1,10 @@
-"""Shared fixtures: /opt/ml trees in temporary folders, and the real entrypoints run the
-way SageMaker runs them (as processes, with SAGEMAKER_BASE_DIR pointing at the tree)."""
+"""Shared fixtures: /opt/ml trees in temporary folders, the real entrypoints run the way
+SageMaker runs them (as processes, with SAGEMAKER_BASE_DIR pointing at the tree), the image
+under test, and .venv-notebook (the SageMaker SDK's own venv)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +24,19 @@ TRAIN = ROOT / "kmeans" / "train"
 SERVE = ROOT / "kmeans" / "serve"
 SAMPLE = ROOT / "local_test" / "test_dir"
 IRIS = SAMPLE / "input" / "data" / "train" / "iris.csv"
+NOTEBOOK_REQUIREMENTS = ROOT / "requirements-notebook.txt"
+NOTEBOOK_VENV = ROOT / ".venv-notebook"
+# CI sets these to 1: what would skip (no Docker engine, no SDK venv) fails instead.
+REQUIRE_CONTAINER = "SAGE_KMEANS_REQUIRE_CONTAINER"
+REQUIRE_NOTEBOOK = "SAGE_KMEANS_REQUIRE_NOTEBOOK"
+
+
+def skip_or_fail(message: str, *flags: str) -> None:
+    """Skip saying why, or fail when one of these environment variables is 1."""
+    required = [flag for flag in flags if os.environ.get(flag) == "1"]
+    if required:
+        pytest.fail(f"{required[0]}=1 but {message}")
+    pytest.skip(message)
 
 
 def entrypoint_env(base: Path, **extra: str) -> dict[str, str]:
@@ -123,13 +138,7 @@ class Server:
 
     def pids(self) -> dict[str, list[int]]:
         """gunicorn master and workers, nginx master and workers, by parent."""
-        table = subprocess.run(
-            ["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
-        ).stdout
-        children: dict[int, list[tuple[int, str]]] = {}
-        for line in table.splitlines():
-            pid, ppid, args = line.split(None, 2)
-            children.setdefault(int(ppid), []).append((int(pid), args))
+        children = process_children()
         found: dict[str, list[int]] = {"gunicorn": [], "workers": [], "nginx": []}
         for pid, args in children.get(self.process.pid, []):
             if "gunicorn" in args:
@@ -139,6 +148,25 @@ class Server:
                 found["nginx"].append(pid)
                 found["nginx"] += [child for child, _ in children.get(pid, [])]
         return found
+
+
+def process_children() -> dict[int, list[tuple[int, str]]]:
+    """Every process's children as (pid, command line), read from /proc: a minimal Debian
+    has no `ps`. A zombie's empty command line reads as its name in brackets, as ps shows it."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # it exited while we looked
+            continue
+        name, _, rest = stat.partition(" (")[2].rpartition(")")
+        ppid = int(rest.split()[1])  # rest: " state ppid ..."
+        args = cmdline.replace(b"\0", b" ").decode(errors="replace").strip() or f"[{name}]"
+        children.setdefault(ppid, []).append((int(entry.name), args))
+    return children
 
 
 @pytest.fixture(scope="session")
@@ -165,3 +193,130 @@ def start_server(tmp_path: Path) -> Iterator:
     for server in servers:
         if server.process.poll() is None:
             server.stop()
+
+
+# -- the image --------------------------------------------------------------------------
+
+
+def docker(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+
+
+def engine_problem() -> str | None:
+    """Why no Docker engine can be used, or None when one answers."""
+    try:
+        info = docker("info", "--format", "{{.ServerVersion}}", timeout=30)
+    except FileNotFoundError:
+        return "the docker command is not installed"
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 30 s"
+    if info.returncode != 0:
+        said = info.stderr.strip().splitlines() or [f"exit status {info.returncode}"]
+        return f"`docker info` failed: {said[-1]}"
+    return None
+
+
+def build(tag: str, context: Path) -> None:
+    result = docker("build", "--network", "host", "-t", tag, str(context), timeout=1800)
+    assert result.returncode == 0, f"docker build failed:\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """$SAGE_KMEANS_IMAGE as given, else sage-kmeans:test built from this checkout (the
+    layer cache makes a rebuild cheap). Skips without a Docker engine, unless
+    SAGE_KMEANS_REQUIRE_CONTAINER=1."""
+    problem = engine_problem()
+    if problem:
+        skip_or_fail(f"no Docker engine reachable ({problem})", REQUIRE_CONTAINER)
+    if "SAGE_KMEANS_IMAGE" in os.environ:
+        tag = os.environ["SAGE_KMEANS_IMAGE"]
+        found = docker("image", "inspect", tag)
+        assert found.returncode == 0, f"SAGE_KMEANS_IMAGE={tag} is not a local image"
+        return tag
+    build("sage-kmeans:test", ROOT)
+    return "sage-kmeans:test"
+
+
+def local_mode_problem() -> str | None:
+    """What SDK local mode needs beyond a Docker engine, and is missing (None: nothing)."""
+    compose = subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, text=True, check=False
+    )
+    if compose.returncode != 0:  # no compose v2: the SDK falls back to docker-compose
+        if shutil.which("docker-compose") is None:
+            return "docker compose is not installed (Debian: apt-get install docker-compose)"
+        compose = subprocess.run(
+            ["docker-compose", "version"], capture_output=True, text=True, check=False
+        )
+        if compose.returncode != 0:
+            said = (compose.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"`docker-compose version` fails: {said}"
+    if shutil.which("pgrep") is None:
+        return (
+            "pgrep is not installed: the SDK stops local endpoints with it (apt-get install procps)"
+        )
+    return None
+
+
+# -- the SageMaker SDK's venv -----------------------------------------------------------
+
+
+def notebook_python(*flags: str) -> Path:
+    """.venv-notebook's Python with requirements-notebook.txt installed, (re)installed when
+    that file changes. The SDK cannot share .venv: see requirements-notebook.txt. When the
+    install fails: skip, or fail when one of `flags` is 1."""
+    python, stamp = NOTEBOOK_VENV / "bin" / "python", NOTEBOOK_VENV / ".requirements"
+    want = hashlib.sha256(NOTEBOOK_REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text() == want:
+        return python
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    steps = [[sys.executable, "-m", "venv", "--clear", str(NOTEBOOK_VENV)]]
+    steps = steps if not python.exists() else []
+    steps.append([*pip, "-r", str(NOTEBOOK_REQUIREMENTS)])
+    for step in steps:
+        problem = None
+        try:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=900, check=False)
+            if done.returncode != 0:
+                last_lines = "\n".join(done.stderr.strip().splitlines()[-5:])
+                problem = f"`{' '.join(step[:4])}` failed:\n{last_lines[-2000:]}"
+        except subprocess.TimeoutExpired:
+            problem = f"`{' '.join(step[:4])}` took over 15 minutes"
+        if problem:
+            message = f"cannot install requirements-notebook.txt into .venv-notebook: {problem}"
+            skip_or_fail(message, *flags)
+    stamp.write_text(want)
+    return python
+
+
+def run_in_process_group(command: list[str], timeout: float, **kwargs) -> tuple[int, str, str]:
+    """Run a harness that starts processes and containers of its own: on timeout (or an
+    interrupted test) SIGTERM its whole group, so it stops what it started, then SIGKILL.
+    Returns exit status, stdout and stderr."""
+    harness = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
+    try:
+        out, err = harness.communicate(timeout=timeout)
+    finally:
+        if harness.poll() is None:
+            os.killpg(harness.pid, signal.SIGTERM)
+            try:
+                harness.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(harness.pid, signal.SIGKILL)
+                harness.wait()
+    return harness.returncode, out, err

@@ -31,6 +31,7 @@ TABLES = {
     "## 3.2 Training: 50,000 x 24, k = 12": "| trainer | wall s | load s | fit s | peak RSS MB |",
     "## 4. Start-up and memory": "| workers | stack | first 200 s | PSS MB | RSS MB |",
     "## Training across hosts": "| hosts | wall s | cluster start s |",
+    "## 6. Multi-model endpoints": "| connections | endpoint | req/s | p50 ms | p99 ms |",
 }
 ROWS = [
     "| 1 | ours |",
@@ -49,6 +50,9 @@ ROWS = [
     "| narrow jsonl | naive |",
     "| 2 | ours |",
     "| 4 | naive |",
+    "| 1 | single-model |",
+    "| 16 | multi-model |",
+    "| POST /models (load) |",
 ]
 
 

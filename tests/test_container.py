@@ -1,8 +1,8 @@
 """The real image, run the way SageMaker runs it: `train` and `serve` with a mounted /opt/ml,
 through local_test/train_local.sh, serve_local.sh and predict.sh.
 
-Image: $SAGE_KMEANS_IMAGE as given, else sage-kmeans:test built from this checkout (the
-layer cache makes a rebuild cheap). Skipped when no Docker engine is reachable, unless
+Image: the `image` fixture (conftest.py): $SAGE_KMEANS_IMAGE, else sage-kmeans:test built
+from this checkout. Skipped when no Docker engine is reachable, unless
 SAGE_KMEANS_REQUIRE_CONTAINER=1 (CI), which turns the skip into a failure.
 """
 
@@ -18,59 +18,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import build, docker
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DIR = ROOT / "local_test" / "test_dir"
 PAYLOAD = ROOT / "payload.csv"
-REQUIRE = os.environ.get("SAGE_KMEANS_REQUIRE_CONTAINER") == "1"
 QUALITY_METRIC = re.compile(r"#quality_metric: host=algo-1, train msd <loss>=(\S+)")
-
-
-def docker(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["docker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kwargs,
-    )
-
-
-def engine_problem() -> str | None:
-    """Why no Docker engine can be used, or None when one answers."""
-    try:
-        info = docker("info", "--format", "{{.ServerVersion}}", timeout=30)
-    except FileNotFoundError:
-        return "the docker command is not installed"
-    except subprocess.TimeoutExpired:
-        return "`docker info` did not answer within 30 s"
-    if info.returncode != 0:
-        said = info.stderr.strip().splitlines() or [f"exit status {info.returncode}"]
-        return f"`docker info` failed: {said[-1]}"
-    return None
-
-
-def build(tag: str, context: Path) -> None:
-    result = docker("build", "--network", "host", "-t", tag, str(context), timeout=1800)
-    assert result.returncode == 0, f"docker build failed:\n{result.stderr[-3000:]}"
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    problem = engine_problem()
-    if problem:
-        message = f"no Docker engine reachable ({problem})"
-        if REQUIRE:
-            pytest.fail(f"SAGE_KMEANS_REQUIRE_CONTAINER=1 but {message}")
-        pytest.skip(message)
-    if "SAGE_KMEANS_IMAGE" in os.environ:
-        tag = os.environ["SAGE_KMEANS_IMAGE"]
-        found = docker("image", "inspect", tag)
-        assert found.returncode == 0, f"SAGE_KMEANS_IMAGE={tag} is not a local image"
-        return tag
-    build("sage-kmeans:test", ROOT)
-    return "sage-kmeans:test"
 
 
 def fresh_test_dir(parent: Path) -> Path:
@@ -141,6 +94,14 @@ def test_train_writes_the_model_and_reports_the_metric(trained) -> None:
 def test_serve_predicts_and_stops_cleanly(image: str, trained, user: str) -> None:
     base, result = trained
     assert result.returncode == 0, result.stderr
+    serve_predict_and_stop(image, base, user)
+
+
+def serve_predict_and_stop(
+    image: str, base: Path, user: str = "root", ping_seconds: float = 120
+) -> None:
+    """serve_local.sh serves the model in `base`, predict.sh gets one answer line per row of
+    payload.csv, and `docker stop` ends it with exit status 0 well within its grace period."""
     port, name = free_port(), f"sage-kmeans-test-{uuid.uuid4().hex[:8]}"
     run_args = f"--network host -e SAGEMAKER_BIND_TO_HOST=127.0.0.1 --name {name}"
     server = subprocess.Popen(
@@ -156,7 +117,7 @@ def test_serve_predicts_and_stops_cleanly(image: str, trained, user: str) -> Non
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for_ping(url, server)
+        wait_for_ping(url, server, ping_seconds)
         answer = subprocess.run(
             [str(ROOT / "predict.sh"), url, str(PAYLOAD), "text/csv"],
             capture_output=True,

@@ -65,7 +65,7 @@ def test_seeding_from_a_sample_finds_the_same_clusters(monkeypatch) -> None:
 
 def test_moments_in_blocks_equal_numpys_in_float64(monkeypatch) -> None:
     monkeypatch.setattr(model, "BLOCK_ROWS", 1000)  # many blocks, the last one short
-    data = (RNG.normal(size=(25_500, 3)) + [1e6, 0, -5e4]).astype(np.float32)
+    data = (RNG.normal(size=(25_500, 3)) + np.array([1e6, 0, -5e4])).astype(np.float32)
     count, mean, squares = model.moments(data)
     exact = data.astype(np.float64)
     assert count == len(data)
@@ -81,6 +81,7 @@ def test_fit_holds_no_second_copy_of_the_data() -> None:
         np.float32
     )
     expected_tol = 1e-4 * data.astype(np.float64).var(axis=0).mean()
+    sklearns = sklearn_kmeans._tolerance
     tracemalloc.start()
     try:
         estimator = model.fit(parse({"k": "8", "tol": "0.0001"}), data)
@@ -89,4 +90,4 @@ def test_fit_holds_no_second_copy_of_the_data() -> None:
         tracemalloc.stop()
     assert peak < 0.75 * data.nbytes  # np.var's temporary alone is 1.0 x data.nbytes
     assert estimator._tol == pytest.approx(expected_tol, rel=1e-9)
-    assert sklearn_kmeans._tolerance is model._SKLEARN_TOLERANCE  # put back after the fit
+    assert sklearn_kmeans._tolerance is sklearns  # put back after the fit

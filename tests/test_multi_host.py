@@ -147,7 +147,7 @@ def single_host(root: Path, hyperparameters: dict, files: dict, channels=None) -
 def assert_one_model(job: Job, rows: int, hosts: list[str] | None = None) -> dict:
     logs = job.logs()
     assert all(h.code == 0 for h in job.hosts), logs
-    assert job.leader.model_files() == ["model.joblib", "model.json"], logs
+    assert job.leader.model_files() == ["model.joblib", "model.json", "model.npz"], logs
     for follower in job.hosts[1:]:
         assert follower.model_files() == [], logs
         assert not (follower.base / "output" / "data" / "summary.json").exists()

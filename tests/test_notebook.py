@@ -1,57 +1,41 @@
-"""kmeans-BYOD.ipynb, executed top to bottom with AWS replaced by local stand-ins.
+"""kmeans-BYOD.ipynb, executed top to bottom with no AWS account, both ways it runs.
 
 The notebook needs the SageMaker Python SDK v3, which cannot share a venv with the runtime
-pins (see requirements-notebook.txt). So this test keeps its own venv, .venv-notebook,
-(re)installed when requirements-notebook.txt changes, and runs
-tests/notebook_env/run_notebook.py in it: moto for the AWS control plane, the real
-kmeans/train and kmeans/serve (run with this interpreter's venv) for the jobs and the
-endpoint. Skipped only when the notebook requirements cannot be installed, unless
-SAGE_KMEANS_REQUIRE_NOTEBOOK=1 (CI), which turns that skip into a failure.
+pins (see requirements-notebook.txt), so tests/notebook_env/run_notebook.py executes it in
+.venv-notebook (conftest.notebook_python):
+- against moto, with the training job, batch transform and endpoint run by the real
+  kmeans/train and kmeans/serve (this interpreter's venv). Skipped only when the notebook
+  requirements cannot be installed, unless SAGE_KMEANS_REQUIRE_NOTEBOOK=1 (CI).
+- in its local mode, against the image (the `image` fixture) through SDK local mode.
+  Skipped also without a Docker engine or docker compose (saying which), unless
+  SAGE_KMEANS_REQUIRE_CONTAINER=1 (CI).
 """
 
-import hashlib
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import (
+    REQUIRE_CONTAINER,
+    REQUIRE_NOTEBOOK,
+    ROOT,
+    local_mode_problem,
+    notebook_python,
+    run_in_process_group,
+    skip_or_fail,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "kmeans-BYOD.ipynb"
-REQUIREMENTS = ROOT / "requirements-notebook.txt"
-VENV = ROOT / ".venv-notebook"
 RUNNER = ROOT / "tests" / "notebook_env" / "run_notebook.py"
-REQUIRE = os.environ.get("SAGE_KMEANS_REQUIRE_NOTEBOOK") == "1"
 
 
-def notebook_python() -> Path:
-    """.venv-notebook's Python, with requirements-notebook.txt installed."""
-    python, stamp = VENV / "bin" / "python", VENV / ".requirements"
-    want = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    if python.exists() and stamp.exists() and stamp.read_text() == want:
-        return python
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    steps = [[sys.executable, "-m", "venv", "--clear", str(VENV)]] if not python.exists() else []
-    steps.append([*pip, "-r", str(REQUIREMENTS)])
-    for step in steps:
-        problem = None
-        try:
-            done = subprocess.run(step, capture_output=True, text=True, timeout=900, check=False)
-            if done.returncode != 0:
-                last_lines = "\n".join(done.stderr.strip().splitlines()[-5:])
-                problem = f"`{' '.join(step[:4])}` failed:\n{last_lines[-2000:]}"
-        except subprocess.TimeoutExpired:
-            problem = f"`{' '.join(step[:4])}` took over 15 minutes"
-        if problem:
-            message = f"cannot install requirements-notebook.txt into .venv-notebook: {problem}"
-            if REQUIRE:
-                pytest.fail(message)
-            pytest.skip(message)
-    stamp.write_text(want)
-    return python
+def run_notebook(python: Path, executed: Path, *how: str) -> None:
+    status, out, err = run_in_process_group(
+        [str(python), str(RUNNER), *how, "--output", str(executed)], timeout=900, cwd=ROOT
+    )
+    assert status == 0, (
+        f"the notebook failed (executed copy: {executed}):\n{err[-6000:]}\n{out[-2000:]}"
+    )
 
 
 def test_notebook_is_committed_without_outputs() -> None:
@@ -63,28 +47,15 @@ def test_notebook_is_committed_without_outputs() -> None:
             assert cell["execution_count"] is None, f"cell {cell.get('id')} has a count"
 
 
-def test_notebook_runs_top_to_bottom(tmp_path: Path) -> None:
-    python = notebook_python()
-    executed = tmp_path / "kmeans-BYOD.executed.ipynb"
+def test_notebook_runs_top_to_bottom_against_moto(tmp_path: Path) -> None:
+    python = notebook_python(REQUIRE_NOTEBOOK)
     runtime_bin = Path(sys.executable).parent  # kmeans/train and serve run with this venv
-    harness = subprocess.Popen(
-        [str(python), str(RUNNER), "--runtime-bin", str(runtime_bin), "--output", str(executed)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = harness.communicate(timeout=600)
-    finally:
-        if harness.poll() is None:  # timed out or interrupted: it stops what it started
-            os.killpg(harness.pid, signal.SIGTERM)
-            try:
-                harness.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(harness.pid, signal.SIGKILL)
-                harness.wait()
-    assert harness.returncode == 0, (
-        f"the notebook failed (executed copy: {executed}):\n{err[-6000:]}\n{out[-2000:]}"
-    )
+    run_notebook(python, tmp_path / "executed.ipynb", "--runtime-bin", str(runtime_bin))
+
+
+def test_notebook_runs_top_to_bottom_in_local_mode(image: str, tmp_path: Path) -> None:
+    problem = local_mode_problem()
+    if problem:
+        skip_or_fail(f"SDK local mode cannot run: {problem}", REQUIRE_CONTAINER)
+    python = notebook_python(REQUIRE_CONTAINER, REQUIRE_NOTEBOOK)
+    run_notebook(python, tmp_path / "executed.ipynb", "--local-image", image)

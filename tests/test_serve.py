@@ -326,12 +326,11 @@ def test_no_5xx_while_starting(trained, start_server) -> None:
     assert not [s for s in statuses if s is not None and s != 200], statuses
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(trained, start_server) -> None:
-    server = start_server(trained)
-    body = CSV_BODY.encode()
+def sigterm_in_flight(server, path: str, body: bytes) -> bytes:
+    """Send half a CSV request, SIGTERM serve, send the rest: the answer serve gave."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
         connection.sendall(
-            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n".encode()
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
@@ -346,6 +345,12 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(trained, start_serv
             if not chunk:
                 break
             answer += chunk
+    return answer
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(trained, start_server) -> None:
+    server = start_server(trained)
+    answer = sigterm_in_flight(server, "/invocations", CSV_BODY.encode())
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert server.process.wait(30) == 0
     assert not server.pids()["nginx"] and not server.pids()["gunicorn"]
@@ -407,9 +412,10 @@ def test_missing_model_stops_serve_with_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert time.monotonic() - started < 30
     lines = [line for line in result.stderr.splitlines() if line.startswith("serve:")]
-    missing = tmp_path / "model" / "model.joblib"
+    missing = tmp_path / "model" / "model.npz"
     assert lines == [
-        f"serve: cannot start: model file {missing} not found (the folder is empty or missing)"
+        f"serve: cannot start: model file {missing} (or model.joblib) not found "
+        "(the folder is empty or missing)"
     ]
 
 
@@ -418,6 +424,7 @@ def test_model_from_another_scikit_learn_version_logs_a_warning(
 ) -> None:
     base = tmp_path / "ml"
     shutil.copytree(trained / "model", base / "model")
+    (base / "model" / "model.npz").unlink()  # scikit-learn's versions matter to model.joblib
     metadata = json.loads((base / "model" / "model.json").read_text())
     metadata["versions"]["scikit-learn"] = "0.24.2"
     (base / "model" / "model.json").write_text(json.dumps(metadata))

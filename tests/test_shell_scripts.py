@@ -28,6 +28,9 @@ FAKE_DOCKER = """#!/bin/sh
 echo "docker $*" >> "$CALLS"
 [ "$1" = login ] && echo "stdin $(cat)" >> "$CALLS"
 [ "$1" = info ] && [ -n "$FAKE_NO_DAEMON" ] && exit 1
+[ "$1" = buildx ] && [ -n "$FAKE_NO_BUILDX" ] && exit 1
+[ "$1" = build ] && [ -n "$FAKE_BUILD_FAILS" ] && exit 1
+[ "$1" = version ] && echo amd64
 exit 0
 """
 
@@ -94,9 +97,66 @@ def test_build_and_push_defaults_and_arm64(tmp_path: Path) -> None:
     assert sum(call.startswith("docker push") for call in calls) == 1
 
 
+def test_build_and_push_joins_architectures_with_docker_manifest(tmp_path: Path) -> None:
+    """Without buildx (Debian's docker.io): an image per architecture, then a manifest list."""
+    bin_dir = fake_bin(tmp_path, aws=FAKE_AWS, docker=FAKE_DOCKER)
+    platforms = "linux/amd64,linux/arm64"
+    result, calls = run_build_and_push(
+        tmp_path, bin_dir, "km", "v2", PLATFORM=platforms, FAKE_NO_BUILDX="1"
+    )
+    assert result.returncode == 0, result.stderr
+    uri = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/km:v2"
+    latest = uri.replace(":v2", ":latest")
+    assert result.stdout.splitlines()[-2:] == ["Pushed for linux/amd64 and linux/arm64:", uri]
+    assert calls[calls.index("docker buildx version") :] == [
+        "docker buildx version",
+        f"docker build --platform linux/amd64 -t {uri}-amd64 {ROOT}",
+        f"docker push {uri}-amd64",
+        f"docker build --platform linux/arm64 -t {uri}-arm64 {ROOT}",
+        f"docker push {uri}-arm64",
+        f"docker manifest rm {uri}",
+        f"docker manifest create {uri} {uri}-amd64 {uri}-arm64",
+        f"docker manifest push --purge {uri}",
+        f"docker manifest rm {latest}",
+        f"docker manifest create {latest} {uri}-amd64 {uri}-arm64",
+        f"docker manifest push --purge {latest}",
+    ]
+
+
+def test_build_and_push_uses_buildx_for_both_architectures(tmp_path: Path) -> None:
+    bin_dir = fake_bin(tmp_path, aws=FAKE_AWS, docker=FAKE_DOCKER)
+    platforms = "linux/arm64,linux/amd64"
+    result, calls = run_build_and_push(tmp_path, bin_dir, "km", PLATFORM=platforms)
+    assert result.returncode == 0, result.stderr
+    uri = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/km:latest"
+    assert result.stdout.splitlines()[-2:] == ["Pushed for linux/arm64 and linux/amd64:", uri]
+    assert calls[-1] == f"docker buildx build --platform {platforms} --tag {uri} --push {ROOT}"
+    assert not any(call.startswith(("docker build ", "docker manifest")) for call in calls)
+
+
+def test_build_and_push_says_a_foreign_build_needs_emulation(tmp_path: Path) -> None:
+    bin_dir = fake_bin(tmp_path, aws=FAKE_AWS, docker=FAKE_DOCKER)
+    result, calls = run_build_and_push(
+        tmp_path, bin_dir, PLATFORM="linux/arm64", FAKE_BUILD_FAILS="1"
+    )
+    assert result.returncode != 0
+    assert "building for linux/arm64 here needs emulation" in result.stderr
+    assert "build_and_push.sh: docker build for linux/arm64 failed" in result.stderr
+    assert not any(call.startswith("docker push") for call in calls)
+    result, _ = run_build_and_push(tmp_path, bin_dir, FAKE_BUILD_FAILS="1")
+    assert "emulation" not in result.stderr  # amd64 on this (fake) amd64 engine
+    assert "docker build for linux/amd64 failed" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("scripts", "env", "message"),
     [
+        (
+            {"aws": FAKE_AWS, "docker": FAKE_DOCKER},
+            {"PLATFORM": "linux/arm/v7"},
+            "PLATFORM must be linux/amd64, linux/arm64 or linux/amd64,linux/arm64, "
+            "got 'linux/arm/v7'",
+        ),
         ({"docker": FAKE_DOCKER}, {}, "the AWS CLI (aws) is not installed"),
         ({"aws": FAKE_AWS}, {}, "docker is not installed"),
         (

@@ -59,7 +59,7 @@ def test_every_sdk_encoding_trains_the_same_model(tmp_path: Path, hyperparameter
     result = run_train(base)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (base / "output" / "failure").exists()
-    assert model_files(base) == ["model.joblib", "model.json"]
+    assert model_files(base) == ["model.joblib", "model.json", "model.npz"]
     metadata = json.loads((base / "model" / "model.json").read_text())
     assert metadata["k"] == 3 and metadata["feature_dim"] == 4
     assert metadata["hyperparameters"]["init"] == "k-means++"

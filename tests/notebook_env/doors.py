@@ -7,6 +7,7 @@ notebook's, and see none of the notebook's AWS settings.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -24,6 +25,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def unpack(archive: bytes, folder: Path) -> None:
+    """Unpack a model archive as SageMaker does, taking only files and folders, and only
+    inside `folder`. (tarfile's extraction filters need Python 3.11.4; Debian 12 has 3.11.2.)"""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar:
+            target = (folder / member.name).resolve()
+            if not target.is_relative_to(folder.resolve()):
+                raise ValueError(f"model archive member {member.name!r} points outside it")
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+            else:
+                raise ValueError(f"model archive member {member.name!r} is not a file or folder")
 
 
 class Doors:
@@ -67,10 +85,7 @@ class Doors:
         """Unpack the model archive into model/, start `serve`, wait for /ping; the port."""
         base = self.scratch / name
         (base / "model").mkdir(parents=True)
-        archive = base / "model.tar.gz"
-        archive.write_bytes(model_tar)
-        with tarfile.open(archive) as tar:
-            tar.extractall(base / "model", filter="data")
+        unpack(model_tar, base / "model")
         port = free_port()
         extra = {"SAGEMAKER_BIND_TO_HOST": "127.0.0.1", "SAGEMAKER_BIND_TO_PORT": str(port)}
         with open(base / "serve.log", "wb") as log:

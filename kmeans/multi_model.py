@@ -1,0 +1,166 @@
+"""The /models API of a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true), as SageMaker
+drives it. Routes only: loading, sharing between workers and the memory budget live in
+the registry (kmeans/registry.py), predictions in predictor.py's one prediction function.
+
+    POST   /models                 {"model_name": ..., "url": ...}: 200, 409, 404, 400, 507
+    GET    /models                 {"models": [{"modelName", "modelUrl"}], "nextPageToken"}
+    GET    /models/<name>          {"modelName", "modelUrl"}, or 404
+    DELETE /models/<name>          200, or 404
+    POST   /models/<name>/invoke   as /invocations, with that model; 404 if it is not loaded
+
+Names are opaque strings. In paths they arrive URL-encoded and are decoded here from the
+raw request line, so that an encoded slash (%2F) stays part of the name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import quote, unquote
+
+import orjson
+from flask import Flask, Response, request
+
+from kmeans import model
+from kmeans.registry import AlreadyLoaded, Entry, FolderNotFound, NotLoaded, OverBudget, Registry
+
+log = logging.getLogger("kmeans.serve")
+
+PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+TARGET_MODEL_KEY = "HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"  # the client's TargetModel, for the log
+LOAD_BODY = '{"model_name": "<name>", "url": "<model folder>"}'
+
+
+def _json(value: object) -> Response:
+    return Response(orjson.dumps(value), 200, content_type="application/json")
+
+
+def _described(entry: Entry) -> dict[str, str]:
+    return {"modelName": entry.name, "modelUrl": entry.url}
+
+
+def _page_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode("utf-8", "surrogatepass")).decode()
+
+
+def _name_after(token: str) -> str:
+    try:
+        name = base64.b64decode(token, altchars=b"-_", validate=True)
+        if name:
+            return name.decode("utf-8", "surrogatepass")
+    except (binascii.Error, UnicodeError, ValueError):
+        pass
+    raise ValueError(f"next_page_token {token!r} is not one this server gave")
+
+
+def _path_name(suffix: str = "") -> str:
+    """The model name in this request's path: after /models/, before `suffix`, decoded."""
+    environ = request.environ
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or quote(request.path)
+    encoded = raw.partition("?")[0].removeprefix("/models/").removesuffix(suffix)
+    return unquote(encoded, errors="strict")
+
+
+def add_routes(
+    app: Flask,
+    registry: Registry,
+    predict: Callable[[model.LoadedModel, float, str], Response],
+    error: Callable[[int, str], Response],
+) -> None:
+    """The /models routes on `app`; `predict` answers a prediction request with a model."""
+
+    def refused(status: int, action: str, message: str) -> Response:
+        log.info("%s refused (%d): %s", action, status, message)
+        return error(status, message)
+
+    @app.post("/models")
+    def load() -> Response:
+        try:
+            body = orjson.loads(request.get_data())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            body = {}
+        fields = [body.get("model_name"), body.get("url")]
+        if not all(isinstance(field, str) and field for field in fields):
+            message = f"the body must be {LOAD_BODY}, two non-empty strings"
+            return refused(400, "model load", message)
+        name, url = fields
+        if not url.startswith("/"):
+            message = f"url must be the model folder's absolute path, got {url!r}"
+            return refused(400, "model load", message)
+        try:
+            return _json(_described(registry.load(name, url)))
+        except AlreadyLoaded as problem:
+            return refused(409, "model load", str(problem))
+        except FolderNotFound as problem:
+            return refused(404, "model load", str(problem))
+        except model.ModelError as problem:
+            return refused(400, "model load", str(problem))
+        except OverBudget as problem:
+            return error(507, str(problem))  # the registry has logged it
+
+    @app.get("/models")
+    def listed() -> Response:
+        limit = request.args.get("limit", str(PAGE_SIZE))
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE_SIZE):
+            message = f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}"
+            return refused(400, "model list", message)
+        entries = registry.entries()
+        token = request.args.get("next_page_token")
+        if token:
+            try:
+                after = _name_after(token)
+            except ValueError as problem:
+                return refused(400, "model list", str(problem))
+            entries = [entry for entry in entries if entry.name > after]
+        page = entries[: int(limit)]
+        answer: dict[str, object] = {"models": [_described(entry) for entry in page]}
+        if len(entries) > len(page):
+            answer["nextPageToken"] = _page_token(page[-1].name)
+        return _json(answer)
+
+    @app.route("/models/<path:_>", methods=["GET", "DELETE"])
+    def one(_: str) -> Response:
+        try:
+            name = _path_name()
+        except UnicodeDecodeError:
+            return refused(400, f"{request.method} model", "the model name is not UTF-8")
+        if request.method == "DELETE":
+            try:
+                return _json(_described(registry.unload(name)))
+            except NotLoaded as problem:
+                return refused(404, "model unload", str(problem))
+        entry = registry.entry(name)
+        if entry is None:
+            return refused(404, "model description", f"model {name!r} is not loaded")
+        return _json(_described(entry))
+
+    @app.post("/models/<path:_>/invoke")
+    def invoke(_: str) -> Response:
+        started = time.perf_counter()
+        try:
+            name = _path_name("/invoke")
+        except UnicodeDecodeError:
+            return refused(400, "invocation", "the model name is not UTF-8")
+        try:
+            served = registry.get(name)
+        except model.ModelError as problem:
+            log.error("model %r is loaded but this worker cannot read it: %s", name, problem)
+            return error(500, f"model {name!r} is loaded but cannot be read: {problem}")
+        if served is None:
+            return refused(404, "invocation", f"model {name!r} is not loaded")
+        target = request.environ.get(TARGET_MODEL_KEY)
+        note = f" with model {name!r}" + (f" (target model {target!r})" if target else "")
+        return predict(served, started, note)
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        message = (
+            "this is a multi-model endpoint: load a model with POST /models, then "
+            "POST /models/<name>/invoke"
+        )
+        return refused(404, "invocation", message)
