@@ -7,14 +7,12 @@ FailureReason), with detail below it, and a non-zero exit.
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import logging
 import os
 import resource
 import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from kmeans import channels, hosts, hyperparameters
+from kmeans import channels, hosts, hyperparameters, model, reduction, streaming
 from kmeans.environment import Environment, Paths, SettingError
 
 log = logging.getLogger("kmeans.train")
@@ -80,34 +78,6 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-# The fitting modules bring scikit-learn, scipy and pandas (kmeans.streaming imports them):
-# about a second of start-up.
-FITTING = ("kmeans.model", "kmeans.streaming", "kmeans.reduction")
-
-
-def _import_fitting() -> threading.Thread:
-    """Import the fitting modules in a thread while the data loads: pyarrow parses CSV
-    without holding the GIL, so the two overlap. The import holds the GIL in between, so
-    it is made to hand it over sooner (every 0.2 ms, not 5 ms) to a parsing thread that
-    needs it for a moment between blocks. A failed import is raised again by the import
-    that needs the module."""
-
-    def run() -> None:
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(0.0002)
-        try:
-            for name in FITTING:
-                importlib.import_module(name)
-        except Exception:  # the import that needs the module raises it again
-            return
-        finally:
-            sys.setswitchinterval(interval)
-
-    thread = threading.Thread(target=run, name="import-fitting", daemon=True)
-    thread.start()
-    return thread
-
-
 Fitted = tuple[Any, dict[str, Any]]  # the estimator, and what the summary says of the fit
 
 
@@ -133,8 +103,6 @@ def _full_batch(hp: hyperparameters.Hyperparameters, train: channels.Channel) ->
     if rows < hp.k:
         raise channels.DataError(f"k is {hp.k} but channel {train.name!r} has only {rows} rows")
     started = time.perf_counter()
-    from kmeans import model  # imported while the data loaded (_import_fitting)
-
     estimator = model.fit(hp, data)
     kmeans = model.kmeans_step(estimator)
     return estimator, {
@@ -151,8 +119,6 @@ def _streaming(
     hp: hyperparameters.Hyperparameters, train: channels.Channel, env: Environment
 ) -> Fitted:
     """Mini-batch passes over the channel, with checkpoints when the folder exists."""
-    from kmeans import streaming  # see _import_fitting
-
     started = time.perf_counter()
     checkpoints = env.paths.checkpoints if env.paths.checkpoints.is_dir() else None
     trainer = streaming.Trainer(
@@ -181,8 +147,6 @@ def _streaming(
 def _score(
     estimator: Any, channel: channels.Channel, features: int, env: Environment
 ) -> dict[str, float]:
-    from kmeans import streaming  # see _import_fitting
-
     ssd, rows = streaming.score(estimator, channel, features, env.pipe_wait_seconds)
     if rows == 0:
         raise channels.DataError(f"channel {channel.name!r} has files but no records")
@@ -194,7 +158,6 @@ def run(env: Environment) -> dict[str, Any] | None:
     """Train once; return the summary written to output/data/summary.json (None on a host
     that is not the leader of a job with several)."""
     started = time.perf_counter()
-    _import_fitting()
     paths = env.paths
     hp = hyperparameters.parse(_read_json(paths.hyperparameters, "hyperparameters"))
     log.info("hyperparameters: %s", json.dumps(hp.as_dict()))
@@ -235,8 +198,6 @@ def _across_hosts(
         log.info("checkpoints are not written when training across hosts")
     if job.is_leader and hp.algorithm == "elkan":
         log.info("algorithm elkan: training across hosts runs Lloyd's iterations (same result)")
-    from kmeans import reduction  # see _import_fitting
-
     reduction.prepare(job, found, env.pipe_wait_seconds)
     with hosts.Cluster(job, env.join_seconds) as cluster:
         if not job.is_leader:
@@ -274,8 +235,6 @@ def _finish(
     started: float,
 ) -> dict[str, Any]:
     """Metrics, artefacts and the model folder, from the fitted estimator."""
-    from kmeans import model  # see _import_fitting
-
     paths = env.paths
     log.info(
         "fitted k=%d on %d rows x %d features: %d iterations, inertia %.6g",
@@ -333,8 +292,7 @@ def _failure(error: BaseException, paths: Paths | None = None) -> tuple[str, str
         return str(error), error.detail, error.code
     if isinstance(error, Stopped):
         return str(error), "", EXIT_STOPPED
-    streaming = sys.modules.get("kmeans.streaming")  # only it raises Interrupted
-    if streaming is not None and isinstance(error, streaming.Interrupted):
+    if isinstance(error, streaming.Interrupted):
         saved = paths is not None and paths.checkpoints.is_dir()
         saved = "checkpoint saved" if saved else "no checkpoint folder"
         return f"{STOPPED} at {error}; {saved}", "", EXIT_STOPPED
