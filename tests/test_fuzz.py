@@ -25,7 +25,7 @@ import protobuf_records
 import pytest
 import requests
 import schemathesis
-from conftest import ROOT, Server
+from conftest import ROOT, Server, make_job, run_train
 from figures import record
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -405,10 +405,12 @@ REACHED = {
 
 
 class MultiModelServer:
-    """A running multi-model `serve` with room for a few copies of iris in its budget."""
+    """A running multi-model `serve` whose budget holds many copies of iris (a few KB each)
+    but not one of a wide model (k=20, 1,000 features: 160 KB of centres a copy)."""
 
-    def __init__(self, running: Server, folder: Path) -> None:
-        self.running, self.url, self.folder = running, running.url, str(folder)
+    def __init__(self, running: Server, folder: Path, wide: Path) -> None:
+        self.running, self.url = running, running.url
+        self.folder, self.wide = str(folder), str(wide)
 
     def load(self, name: str) -> requests.Response:
         body = {"model_name": name, "url": self.folder}
@@ -433,14 +435,22 @@ def multi_model_server(trained: Path, tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("fuzz-mme") / "ml"
     folder = base / "models" / "iris" / "model"  # where the platform unpacks a model
     shutil.copytree(trained / "model", folder)
+    rows = np.random.default_rng(12).normal(size=(100, 1000))
+    wide = make_job(
+        base.parent / "wide",
+        {"k": "20"},
+        {"train/data.csv": "\n".join(",".join(f"{v:.3f}" for v in row) for row in rows)},
+    )
+    result = run_train(wide)
+    assert result.returncode == 0, result.stdout + result.stderr
     running = Server(
         base,
         base.parent / "serve.log",
         SAGEMAKER_MULTI_MODEL="true",
         SAGEMAKER_MODEL_SERVER_WORKERS="2",
-        SAGE_KMEANS_MODEL_MEMORY_MB="0.125",  # a few copies of iris, a few KB each in 2 workers
+        SAGE_KMEANS_MODEL_MEMORY_MB="0.25",
     ).wait_ready()
-    served = MultiModelServer(running, folder)
+    served = MultiModelServer(running, folder, wide / "model")
     served.restore()
     yield served
     stop_alive(running)
@@ -458,14 +468,18 @@ def not_a_server_error_but_507(ctx, response, case) -> None:
 
 def aim(case, data: st.DataObject, server: MultiModelServer) -> None:
     """Point some cases at what the server holds, so that they can succeed as well as fail:
-    the known model's name, the real model folder, rows of iris's 4 features. schemathesis
-    re-checks a changed case against the description before judging its answer."""
+    the known model's name, a real model folder (iris, or the wide model that does not fit),
+    rows of iris's 4 features. schemathesis re-checks a changed case against the description
+    before judging its answer."""
     if "model_name" in case.path_parameters and data.draw(st.booleans(), label="known name"):
         case.path_parameters = {**case.path_parameters, "model_name": KNOWN}
     label = f"{case.method} {case.path}"
-    if label == "POST /models" and data.draw(st.booleans(), label="real folder"):
-        name = data.draw(st.just(KNOWN) | st.text(min_size=1, max_size=12), label="name")
-        case.body = {"model_name": name, "url": server.folder}
+    if label == "POST /models":
+        load = data.draw(st.sampled_from(["as generated", "iris", "wide", "known name"]))
+        if load != "as generated":
+            name = KNOWN if load == "known name" else f"{load} {data.draw(st.text(max_size=8))}"
+            url = server.wide if load == "wide" else server.folder
+            case.body = {"model_name": name, "url": url}
     if label == "POST /models/{model_name}/invoke" and data.draw(st.booleans(), label="iris"):
         case.media_type = data.draw(st.sampled_from(sorted(IRIS_BODIES)), label="type")
         case.body = IRIS_BODIES[case.media_type]
