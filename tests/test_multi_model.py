@@ -151,6 +151,15 @@ def test_starts_with_no_model_and_answers_ping(server) -> None:
     assert requests.get(server.url + "/models", timeout=5).json() == {"models": []}
 
 
+def test_another_path_gets_a_404_naming_the_multi_model_routes(server) -> None:
+    response = requests.get(server.url + "/predictions", timeout=5)
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": "not found: this server answers GET /ping, GET /execution-parameters and "
+        "the /models API (multi-model endpoint)"
+    }
+
+
 def test_load_list_describe_invoke_unload_opaque_names(server, trained) -> None:
     models = dict(zip(ODD_NAMES, [*trained.values(), *trained.values()], strict=False))
     urls = {}
