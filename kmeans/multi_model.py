@@ -9,7 +9,9 @@ the registry (kmeans/registry.py), predictions in predictor.py's one prediction 
     POST   /models/<name>/invoke   as /invocations, with that model; 404 if it is not loaded
 
 Names are opaque strings. In paths they arrive URL-encoded and are decoded here from the
-raw request line, so that an encoded slash (%2F) stays part of the name.
+raw request line, so that an encoded slash (%2F) stays part of the name. Routes are matched
+on the raw path too: /models/x/invoke is model x's invoke route (POST only), while
+/models/x%2Finvoke is the model named "x/invoke".
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 from flask import Flask, Response, request
+from werkzeug.routing import PathConverter
 
 from kmeans import model
 from kmeans.registry import AlreadyLoaded, Entry, FolderNotFound, NotLoaded, OverBudget, Registry
@@ -56,12 +59,35 @@ def _name_after(token: str) -> str:
     raise ValueError(f"next_page_token {token!r} is not one this server gave")
 
 
+def _raw_path(environ: dict) -> str | None:
+    """The path as the client sent it, still URL-encoded (None when the server keeps no copy)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    return raw.partition("?")[0] if raw else None
+
+
 def _path_name(suffix: str = "") -> str:
     """The model name in this request's path: after /models/, before `suffix`, decoded."""
-    environ = request.environ
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or quote(request.path)
-    encoded = raw.partition("?")[0].removeprefix("/models/").removesuffix(suffix)
-    return unquote(encoded, errors="strict")
+    encoded = (_raw_path(request.environ) or quote(request.path)).removeprefix("/models/")
+    return unquote(encoded.removesuffix(suffix), errors="strict")
+
+
+class _ModelPath(PathConverter):
+    """A model name in a raw path: any text, but not ending in /invoke (the invoke route's)."""
+
+    regex = r"[^/].*?(?<!/invoke)"
+
+
+def _routed_on_raw_path(wsgi_app: Callable) -> Callable:
+    """Match /models/... routes on the path as sent: the decoded path cannot tell the
+    model named "x/invoke" (sent as x%2Finvoke) from model x's invoke route."""
+
+    def routed(environ: dict, start_response: Callable) -> object:
+        raw = _raw_path(environ)
+        if raw and raw.startswith("/models/"):
+            environ["PATH_INFO"] = raw
+        return wsgi_app(environ, start_response)
+
+    return routed
 
 
 def add_routes(
@@ -71,6 +97,8 @@ def add_routes(
     error: Callable[[int, str], Response],
 ) -> None:
     """The /models routes on `app`; `predict` answers a prediction request with a model."""
+    app.url_map.converters["model"] = _ModelPath
+    app.wsgi_app = _routed_on_raw_path(app.wsgi_app)
 
     def refused(status: int, action: str, message: str) -> Response:
         log.info("%s refused (%d): %s", action, status, message)
@@ -123,7 +151,7 @@ def add_routes(
             answer["nextPageToken"] = _page_token(page[-1].name)
         return _json(answer)
 
-    @app.route("/models/<path:_>", methods=["GET", "DELETE"])
+    @app.route("/models/<model:_>", methods=["GET", "DELETE"])
     def one(_: str) -> Response:
         try:
             name = _path_name()

@@ -63,6 +63,11 @@ def write_nginx_config(env: Environment, runtime: Path) -> Path:
         "@MAX_BODY_MB@": str(env.max_payload_mb),
         "@TIMEOUT@": str(env.timeout),
         "@MULTI_MODEL@": "" if env.multi_model else "# ",
+        "@ROUTES@": (
+            "GET /ping, GET /execution-parameters and the /models API (multi-model endpoint)"
+            if env.multi_model
+            else "GET /ping, POST /invocations and GET /execution-parameters"
+        ),
     }.items():
         text = text.replace(name, value)
     path = runtime / "nginx.conf"

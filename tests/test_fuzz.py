@@ -18,16 +18,19 @@ import os
 import shutil
 import zlib
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import protobuf_records
 import pytest
+import requests
 import schemathesis
-from conftest import ROOT, Server
+from conftest import ROOT, Server, make_job, run_train
 from figures import record
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from kmeans import decoders, encoders, model, predictor
@@ -335,35 +338,178 @@ def test_the_app_answers_anything_with_a_result_or_a_4xx(
     OUTCOMES["app", str(response.status_code)] += 1
 
 
-# --- HTTP: schemathesis against openapi.yaml on the running server ---------------------------
+# --- HTTP: schemathesis against openapi.yaml on the running servers --------------------------
 
 schemathesis.serializer.alias("application/jsonlines", "text/plain")
 schemathesis.serializer.alias(
     ["application/x-npy", "application/x-recordio-protobuf"], "application/octet-stream"
 )
 SCHEMA = schemathesis.openapi.from_path(ROOT / "openapi.yaml")
+SINGLE_MODEL = SCHEMA.exclude(tag="multi-model")  # what a default `serve` offers
+MULTI_MODEL = SCHEMA.include(tag="multi-model")  # the /models API (SAGEMAKER_MULTI_MODEL=true)
 # A body the description allows may still hold the wrong number of features for the model
-# being served (the description cannot know it): a 400 is then the right answer.
+# being served, name a model that is not loaded or a folder that does not exist (the
+# description cannot know them): a 400 or 404 is then the right answer.
 EXCLUDED = [positive_data_acceptance]
-
-
-@pytest.fixture(scope="module")
-def server(trained: Path, tmp_path_factory: pytest.TempPathFactory):
-    if shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
-        pytest.skip("nginx is not installed (the README's test command installs it)")
-    running = Server(trained, tmp_path_factory.mktemp("fuzz") / "serve.log")
-    yield running.wait_ready()
-    assert running.stop() == 0
-
-
-@SCHEMA.parametrize()
-@settings(
+HTTP_FUZZ = settings(
     max_examples=EXAMPLES // 10 or 40,
     derandomize=not EXAMPLES,
     database=None,
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
+
+
+def needs_nginx() -> None:
+    if shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+        pytest.skip("nginx is not installed (the README's test command installs it)")
+
+
+def stop_alive(running: Server) -> None:
+    """The server still answers /ping, then stops cleanly."""
+    assert running.process.poll() is None, running.output()[-3000:]
+    assert requests.get(running.url + "/ping", timeout=30).status_code == 200
+    assert running.stop() == 0, running.output()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(trained: Path, tmp_path_factory: pytest.TempPathFactory):
+    needs_nginx()
+    running = Server(trained, tmp_path_factory.mktemp("fuzz") / "serve.log")
+    yield running.wait_ready()
+    stop_alive(running)
+
+
+@SINGLE_MODEL.parametrize()
+@HTTP_FUZZ
 def test_the_server_keeps_its_openapi_description(case, server) -> None:
     response = case.call_and_validate(base_url=server.url, excluded_checks=EXCLUDED)
     OUTCOMES[f"http {case.method} {case.path}", str(response.status_code)] += 1
+
+
+# The multi-model server holds this model (iris) before every case; names are opaque strings.
+KNOWN = "iris/v1 β"
+IRIS_BODIES = {
+    "text/csv": "5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3",
+    "application/json": [[5.1, 3.5, 1.4, 0.2]],
+}
+# What the aimed cases must have reached, for each operation that ran: both sides of each.
+AIMED: collections.defaultdict[str, set[str]] = collections.defaultdict(set)  # what they did
+REACHED = {
+    "POST /models": {"200", "400", "404", "409", "507"},
+    "GET /models": {"200", "400"},
+    "GET /models/{model_name}": {"200", "404"},
+    "DELETE /models/{model_name}": {"200", "404"},
+    "POST /models/{model_name}/invoke": {"200", "400", "404"},
+}
+
+
+class MultiModelServer:
+    """A running multi-model `serve` whose budget holds many copies of iris (a few KB each)
+    but not one of a wide model (k=20, 1,000 features: 160 KB of centres a copy)."""
+
+    def __init__(self, running: Server, folder: Path, wide: Path) -> None:
+        self.running, self.url = running, running.url
+        self.folder, self.wide = str(folder), str(wide)
+
+    def load(self, name: str) -> requests.Response:
+        body = {"model_name": name, "url": self.folder}
+        return requests.post(self.url + "/models", json=body, timeout=60)
+
+    def restore(self) -> None:
+        """The known model loaded again if a case unloaded it, first unloading all the
+        others if the budget is full: cases may load, unload and run out of budget."""
+        described = requests.get(f"{self.url}/models/{quote(KNOWN, safe='')}", timeout=30)
+        if described.status_code == 200:
+            return
+        if self.load(KNOWN).status_code == 507:
+            for entry in requests.get(self.url + "/models?limit=1000", timeout=30).json()["models"]:
+                name = quote(entry["modelName"], safe="")
+                assert requests.delete(f"{self.url}/models/{name}", timeout=30).status_code == 200
+            assert self.load(KNOWN).status_code == 200, self.running.output()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def multi_model_server(trained: Path, tmp_path_factory: pytest.TempPathFactory):
+    needs_nginx()
+    base = tmp_path_factory.mktemp("fuzz-mme") / "ml"
+    folder = base / "models" / "iris" / "model"  # where the platform unpacks a model
+    shutil.copytree(trained / "model", folder)
+    rows = np.random.default_rng(12).normal(size=(100, 1000))
+    wide = make_job(
+        base.parent / "wide",
+        {"k": "20"},
+        {"train/data.csv": "\n".join(",".join(f"{v:.3f}" for v in row) for row in rows)},
+    )
+    result = run_train(wide)
+    assert result.returncode == 0, result.stdout + result.stderr
+    running = Server(
+        base,
+        base.parent / "serve.log",
+        SAGEMAKER_MULTI_MODEL="true",
+        SAGEMAKER_MODEL_SERVER_WORKERS="2",
+        SAGE_KMEANS_MODEL_MEMORY_MB="0.25",
+    ).wait_ready()
+    served = MultiModelServer(running, folder, wide / "model")
+    served.restore()
+    yield served
+    stop_alive(running)
+    for operation, statuses in REACHED.items():
+        seen = AIMED[operation]
+        assert not seen or statuses <= seen, f"{operation}: only {sorted(seen)} reached"
+
+
+def not_a_server_error_but_507(ctx, response, case) -> None:
+    """schemathesis's not_a_server_error, except for 507: a load over the memory budget gets
+    it, as SageMaker expects (it then unloads idle models and loads again)."""
+    if response.status_code != 507:
+        not_a_server_error(ctx, response, case)
+
+
+def aim(case, data: st.DataObject, server: MultiModelServer) -> None:
+    """Point some cases at what the server holds, so that they can succeed as well as fail:
+    the known model's name, a real model folder (iris, or the wide model that does not fit),
+    rows of iris's 4 features. schemathesis re-checks a changed case against the description
+    before judging its answer."""
+    if "model_name" in case.path_parameters and data.draw(st.booleans(), label="known name"):
+        case.path_parameters = {**case.path_parameters, "model_name": KNOWN}
+    label = f"{case.method} {case.path}"
+    if label == "POST /models":
+        load = data.draw(st.sampled_from(["as generated", "iris", "wide", "known name"]))
+        if load != "as generated":
+            name = KNOWN if load == "known name" else f"{load} {data.draw(st.text(max_size=8))}"
+            url = server.wide if load == "wide" else server.folder
+            case.body = {"model_name": name, "url": url}
+    if label == "POST /models/{model_name}/invoke" and data.draw(st.booleans(), label="iris"):
+        case.media_type = data.draw(st.sampled_from(sorted(IRIS_BODIES)), label="type")
+        case.body = IRIS_BODIES[case.media_type]
+
+
+def check_multi_model_case(case, server: MultiModelServer) -> int:
+    server.restore()
+    response = case.call_and_validate(
+        base_url=server.url,
+        excluded_checks=[*EXCLUDED, not_a_server_error],
+        additional_checks=[not_a_server_error_but_507],
+    )
+    OUTCOMES[f"http multi-model {case.method} {case.path}", str(response.status_code)] += 1
+    return response.status_code
+
+
+@MULTI_MODEL.parametrize()
+@HTTP_FUZZ
+def test_the_multi_model_server_keeps_its_openapi_description(case, multi_model_server) -> None:
+    """Every phase: the description's examples, its boundaries, undeclared methods, random
+    cases. Names and folders are random here: they find no model."""
+    check_multi_model_case(case, multi_model_server)
+
+
+@MULTI_MODEL.parametrize()
+@MULTI_MODEL.given(data=st.data())  # schemathesis then runs random cases only
+@settings(HTTP_FUZZ, phases=[phase for phase in Phase if phase != Phase.explicit])
+def test_the_multi_model_server_keeps_it_with_a_model_loaded(
+    case, data, multi_model_server
+) -> None:
+    aim(case, data, multi_model_server)
+    status = check_multi_model_case(case, multi_model_server)
+    AIMED[f"{case.method} {case.path}"].add(str(status))

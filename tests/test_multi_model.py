@@ -151,6 +151,15 @@ def test_starts_with_no_model_and_answers_ping(server) -> None:
     assert requests.get(server.url + "/models", timeout=5).json() == {"models": []}
 
 
+def test_another_path_gets_a_404_naming_the_multi_model_routes(server) -> None:
+    response = requests.get(server.url + "/predictions", timeout=5)
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": "not found: this server answers GET /ping, GET /execution-parameters and "
+        "the /models API (multi-model endpoint)"
+    }
+
+
 def test_load_list_describe_invoke_unload_opaque_names(server, trained) -> None:
     models = dict(zip(ODD_NAMES, [*trained.values(), *trained.values()], strict=False))
     urls = {}
@@ -170,6 +179,32 @@ def test_load_list_describe_invoke_unload_opaque_names(server, trained) -> None:
         assert requests.get(model_url(server, name), timeout=5).status_code == 404
         assert invoke(server, name, models[name].csv).status_code == 404
     assert requests.get(server.url + "/models", timeout=5).json() == {"models": []}
+
+
+def test_the_invoke_route_takes_only_post_and_a_name_may_end_in_invoke(server, trained) -> None:
+    """/models/x/invoke is model x's invoke route (found by schemathesis: OPTIONS there said
+    GET and DELETE too, and GET described a model named "x/invoke"); that name is sent
+    encoded, as x%2Finvoke."""
+    name, rows = "x/invoke", trained["iris"].csv
+
+    def allowed(response: requests.Response) -> set[str]:
+        return set(response.headers["Allow"].split(", "))
+
+    assert load(server, name, place(server.base, "ends-in-invoke", trained["iris"])).ok
+    for method in ("GET", "DELETE", "HEAD", "PUT"):
+        refused = requests.request(method, server.url + "/models/x/invoke", timeout=5)
+        assert refused.status_code == 405, (method, refused.text)
+        assert allowed(refused) == {"OPTIONS", "POST"}
+    options = requests.options(server.url + "/models/x/invoke", timeout=5)
+    assert allowed(options) == {"OPTIONS", "POST"}
+    own = requests.options(model_url(server, name), timeout=5)
+    assert allowed(own) == {"DELETE", "GET", "HEAD", "OPTIONS"}
+    posted = requests.post(model_url(server, name), data=rows, timeout=5)
+    assert posted.status_code == 405, posted.text
+    assert requests.get(model_url(server, name), timeout=5).json()["modelName"] == name
+    assert answers_like(invoke(server, name, rows), trained["iris"])
+    assert requests.post(server.url + "/models/x/invoke", data=rows, timeout=5).status_code == 404
+    assert unload(server, name).status_code == 200
 
 
 @pytest.fixture(scope="module")
