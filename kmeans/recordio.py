@@ -146,7 +146,7 @@ def rows(payloads: list[bytes], width: int | None = None, first: int = 1) -> np.
             vector = features(payload, width)
         except RecordIOError as error:
             raise RecordIOError(f"record {number}: {error}") from None
-        except (TypeError, ValueError, IndexError, OverflowError) as error:
+        except (TypeError, ValueError, IndexError, OverflowError, AttributeError) as error:
             # a field of another type than the schema's (a number where a message belongs,
             # a tensor of odd length...): the bytes are damaged, not a format we skip
             raise RecordIOError(f"record {number}: malformed protobuf ({error})") from None

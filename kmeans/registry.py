@@ -188,11 +188,14 @@ class Registry:
         if self.entry(name) is not None:
             raise AlreadyLoaded(f"model {name!r} is already loaded; unload it first")
         folder = Path(url)
-        if not folder.is_dir():
+        try:
+            found = folder.is_dir()
+        except OSError as error:  # a name too long for the file system, say
+            raise FolderNotFound(f"model folder {url} not found: {error.strerror}") from None
+        if not found:
             raise FolderNotFound(f"model folder {url} not found")
-        loaded, size = measured_load(
-            folder, self.allow_pickle
-        )  # outside the lock: loads run side by side
+        # Outside the lock: loads run side by side.
+        loaded, size = measured_load(folder, self.allow_pickle)
         for warning in loaded.warnings:
             log.warning("model %r: %s", name, warning)
         with self._exclusive():

@@ -297,6 +297,7 @@ def test_load_and_unload_errors_are_one_line_of_json(server, trained, tmp_path) 
     cases = [
         (load(server, "twice", url), 409, "model 'twice' is already loaded"),
         (load(server, "nowhere", str(tmp_path / "absent")), 404, "model folder"),
+        (load(server, "long", "/" + "x" * 300), 404, "model folder /xxx"),  # found by fuzzing
         (load(server, "empty", str(tmp_path)), 400, "model file"),
         (load(server, "corrupt", str(corrupt)), 400, "model file"),
         (

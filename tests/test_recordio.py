@@ -88,3 +88,10 @@ def test_a_broken_recordio_file_names_the_record(tmp_path) -> None:
     assert result.returncode == 1
     failure = (base / "output" / "failure").read_text().splitlines()[0]
     assert failure.startswith("a.rec: record 3: cut off"), failure
+
+
+def test_a_map_key_sent_as_a_number_is_a_malformed_record() -> None:
+    """Found by fuzzing: a features-map entry whose key (field 1) is a varint, not a string."""
+    payload = b"\n\x16\n\x06values\x05\x0c\x12\n\n\x08\x00\x00\x00\x00\x00\x00\x00\x00"
+    with pytest.raises(recordio.RecordIOError, match=r"^record 1: malformed protobuf"):
+        recordio.rows([payload], 2)
