@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.cluster import kmeans_plusplus
 
-from kmeans import channels, model
+from kmeans import channels, model, streaming
 from kmeans.hosts import Cluster, Hosts
 from kmeans.hyperparameters import Hyperparameters
 
@@ -236,17 +236,7 @@ def assign_step(centres: np.ndarray) -> Partial:
 def score_share(estimator: BaseEstimator, channel_name: str, features: int) -> tuple[float, int]:
     """Sum of squared distances and rows of this host's share of a channel."""
     channel = HERE.found[channel_name]
-    total, rows = 0.0, 0
-    for block in _pass(channel, 0):
-        channels.check_block(block)
-        if block.rows.shape[1] != features:
-            raise channels.DataError(
-                f"channel {channel.name!r} has {block.rows.shape[1]} feature columns "
-                f"({block.source}), the training data {features}"
-            )
-        total += model.squared_distance_sum(estimator, block.rows)
-        rows += len(block.rows)
-    return total, rows
+    return streaming.score_blocks(estimator, channel.name, _pass(channel, 0), features)
 
 
 def _pass(channel: channels.Channel, epoch: int) -> Iterator[channels.Block]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,12 +263,20 @@ def score(
     estimator: BaseEstimator, channel: channels.Channel, features: int, pipe_wait: float
 ) -> tuple[float, int]:
     """Sum of squared distances and row count over one pass of a channel."""
+    return score_blocks(estimator, channel.name, channels.blocks(channel, 0, pipe_wait), features)
+
+
+def score_blocks(
+    estimator: BaseEstimator, channel_name: str, blocks: Iterable[channels.Block], features: int
+) -> tuple[float, int]:
+    """Sum of squared distances and row count of `blocks` (a pass over a channel, or over
+    one host's share of it), each checked as training data is."""
     total, rows = 0.0, 0
-    for block in channels.blocks(channel, 0, pipe_wait):
+    for block in blocks:
         channels.check_block(block)
         if block.rows.shape[1] != features:
             raise channels.DataError(
-                f"channel {channel.name!r} has {block.rows.shape[1]} feature columns "
+                f"channel {channel_name!r} has {block.rows.shape[1]} feature columns "
                 f"({block.source}), the training data {features}"
             )
         total += model.squared_distance_sum(estimator, block.rows)

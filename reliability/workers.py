@@ -72,9 +72,9 @@ def throughput(trained: Path, logs: Path, seconds: int, repeats: int) -> dict:
         def measure(stack: str, connections: int = connections) -> dict:
             with serving([stack], trained, logs, 2) as servers:
                 server = servers[stack]
-                before = cpu_seconds(server)
+                before = server.cpu_seconds()
                 result = wrk(server.url, body, "text/csv", connections, seconds)
-                used = cpu_seconds(server) - before
+                used = server.cpu_seconds() - before
                 return {**result, "cpu_ms": used * 1000 / (result["rps"] * seconds)}
 
         runs = interleaved(OPTIONS, repeats, measure)
@@ -89,16 +89,6 @@ def throughput(trained: Path, logs: Path, seconds: int, repeats: int) -> dict:
             "failed": sum(run["failed"] for stack in OPTIONS for run in runs[stack]),
         }
     return out
-
-
-def cpu_seconds(server: Server) -> float:
-    """CPU time (user and system) used so far by every process of the stack."""
-    total = 0
-    for pid in server.tree():
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def head_of_line(stack: str, slow: Path, logs: Path) -> dict:

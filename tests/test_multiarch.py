@@ -22,16 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REQUIRE_CONTAINER, docker, engine_problem, skip_or_fail
+from conftest import REQUIRE_CONTAINER, ROOT, docker, engine_problem, skip_or_fail
 from test_container import QUALITY_METRIC, fresh_test_dir, serve_predict_and_stop, train
 from test_shell_scripts import FAKE_AWS
 
-ROOT = Path(__file__).resolve().parent.parent
 MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}  # Docker's names -> platform.machine()
-
-
-def unavailable(message: str) -> None:
-    skip_or_fail(message, REQUIRE_CONTAINER)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +36,7 @@ def arm64_image() -> str:
         pytest.skip("SAGE_KMEANS_IMAGE_ARM64 is not set (.ci/multiarch.sh builds and tests one)")
     problem = engine_problem()
     if problem:
-        unavailable(f"no Docker engine reachable ({problem})")
+        skip_or_fail(f"no Docker engine reachable ({problem})", REQUIRE_CONTAINER)
     found = docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", tag)
     assert found.returncode == 0, f"SAGE_KMEANS_IMAGE_ARM64={tag} is not a local image"
     assert found.stdout.strip() == "linux/arm64", f"{tag} is {found.stdout.strip()}"
@@ -73,7 +68,10 @@ def registry(tmp_path: Path) -> Iterator[str]:
     """Debian's docker-registry on a free loopback port, storing into tmp_path; stopped after."""
     program = shutil.which("docker-registry")
     if program is None:
-        unavailable("docker-registry is not installed (Debian: apt-get install docker-registry)")
+        skip_or_fail(
+            "docker-registry is not installed (Debian: apt-get install docker-registry)",
+            REQUIRE_CONTAINER,
+        )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
