@@ -115,7 +115,8 @@ class Server:
             "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(payload_mb),
         }
         logs.mkdir(parents=True, exist_ok=True)
-        log = (logs / f"{stack}-{workers}w-{self.port}.log").open("ab")
+        self.log = logs / f"{stack}-{workers}w-{self.port}.log"
+        log = self.log.open("ab")
         started = time.monotonic()
         self.process = subprocess.Popen(
             STACKS[stack],
@@ -149,13 +150,21 @@ class Server:
         return tree
 
     def workers_with_model(self) -> int:
-        """gunicorn workers that have scikit-learn's K-Means code mapped (a loaded model)."""
+        """gunicorn workers that hold the model: every worker of a master that logged
+        loading it before forking them (ours preloads model.npz, without scikit-learn),
+        else each worker that has scikit-learn's K-Means code mapped (loaded lazily)."""
         tree = self.tree()
         masters = {pid for pid, ppid in tree.items() if ppid == self.process.pid}
+        text = self.log.read_text(errors="replace")
+        preloaded = {pid for pid in masters if f"[{pid}] INFO model loaded from" in text}
         count = 0
-        for pid in (pid for pid, ppid in tree.items() if ppid in masters):
+        for pid, ppid in tree.items():
+            if ppid not in masters:
+                continue
             with contextlib.suppress(OSError):
-                count += "sklearn/cluster/_k_means" in Path(f"/proc/{pid}/maps").read_text()
+                count += ppid in preloaded or (
+                    "sklearn/cluster/_k_means" in Path(f"/proc/{pid}/maps").read_text()
+                )
         return count
 
     def cpu_seconds(self) -> float:

@@ -25,15 +25,16 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.cluster import kmeans_plusplus
 
 from kmeans import channels, model, streaming
 from kmeans.hosts import Cluster, Hosts
 from kmeans.hyperparameters import Hyperparameters
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
 
 log = logging.getLogger("kmeans.train")
 
@@ -95,6 +96,11 @@ def load_share(channel_name: str) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "files": _fingerprint(channel),
     }
+
+
+def release() -> None:
+    """Let go of this host's rows: the fit is done."""
+    HERE.data = HERE.labels = None
 
 
 def _describe(part: channels.Part) -> str:
@@ -352,10 +358,40 @@ def _sample_counts(hosts: Hosts, rows_by_host: list[int], wanted: int) -> dict[s
 
 def _seed(hp: Hyperparameters, sample: np.ndarray, run: int) -> np.ndarray:
     if hp.init == "k-means++":
-        centres, _ = kmeans_plusplus(sample, hp.k, random_state=hp.seed + run)
-        return centres.astype(np.float64)
+        return kmeans_plusplus(sample, hp.k, hp.seed + run)
     rng = np.random.default_rng([hp.seed, run])
     return sample[rng.choice(len(sample), hp.k, replace=False)].astype(np.float64)
+
+
+def kmeans_plusplus(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Greedy k-means++ (Arthur and Vassilvitskii, 2007): each new centre is the best, by
+    the sample's inertia, of 2 + ln k rows drawn with probability proportional to their
+    squared distance from the centres chosen so far.
+
+    scikit-learn's kmeans_plusplus follows the same rule, drawing from the same random
+    stream for a seed, so both pick the same rows; this one is numpy only. scikit-learn
+    (with the scipy and pandas it imports, about 150 MB) is loaded only once every host
+    has let go of its rows, so that a host's memory is its rows and little else."""
+    rows = np.asarray(sample, np.float64)
+    random = np.random.RandomState(seed)
+    trials = 2 + int(np.log(k))
+    squares = np.einsum("ij,ij->i", rows, rows)
+
+    def distances(chosen: np.ndarray) -> np.ndarray:  # squared, from each chosen row to all
+        found = squares[chosen, None] - 2.0 * (rows[chosen] @ rows.T) + squares[None, :]
+        return np.maximum(found, 0.0, out=found)
+
+    chosen = [int(random.choice(len(rows), p=np.full(len(rows), 1 / len(rows))))]
+    closest = distances(np.array(chosen))[0]
+    potential = closest.sum()
+    for _ in range(1, k):
+        targets = random.uniform(size=trials) * potential
+        candidates = np.minimum(np.searchsorted(np.cumsum(closest), targets), len(rows) - 1)
+        reach = np.minimum(distances(candidates), closest)
+        best = int(np.argmin(reach.sum(axis=1)))
+        chosen.append(int(candidates[best]))
+        closest, potential = reach[best], reach[best].sum()
+    return rows[chosen].copy()
 
 
 def _runs(hp: Hyperparameters, auto_random: int) -> int:
@@ -428,11 +464,11 @@ def fit_full_batch(
     fit_started = time.perf_counter()
     count, mean, squares = model.combine_moments(cluster.on_every_host(moments))
     variance = squares / count
-    scaler = None
+    scaling = None
     if hp.standardize:
         deviation = _deviation(variance)
         cluster.on_every_host(scale, mean, deviation)
-        scaler = model.fitted_scaler(mean, variance, deviation, count)
+        scaling = (mean, variance, deviation, count)
         variance = variance / deviation**2
     tolerance = hp.tol * float(np.mean(variance))
     rows_by_host = [share["rows"] for share in shares]
@@ -453,6 +489,8 @@ def fit_full_batch(
         if best is None or final.inertia < best[0]:
             best = (final.inertia, centres, iterations, final.counts)
     inertia, centres, iterations, sizes = best
+    cluster.on_every_host(release)  # before scikit-learn is imported to make the estimator
+    scaler = None if scaling is None else model.fitted_scaler(*scaling)
     estimator = model.assemble(hp, centres, scaler, inertia, iterations)
     return estimator, {
         "rows": rows,

@@ -21,17 +21,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.cluster import MiniBatchKMeans
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from kmeans import channels, model
 from kmeans.hyperparameters import Hyperparameters
+
+if TYPE_CHECKING:  # imported where used: hosts that only serve their rows never load them
+    from sklearn.base import BaseEstimator
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.preprocessing import StandardScaler
 
 log = logging.getLogger("kmeans.train")
 
@@ -65,6 +65,8 @@ def _comparable(hyperparameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(folder: Path, hp: Hyperparameters) -> State | None:
+    import joblib
+
     path = folder / CHECKPOINT_FILE
     if not path.is_file():
         return None
@@ -89,6 +91,8 @@ def load_checkpoint(folder: Path, hp: Hyperparameters) -> State | None:
 
 
 def save_checkpoint(folder: Path, state: State) -> None:
+    import joblib
+
     written = model.write_temporary(folder, CHECKPOINT_FILE, lambda path: joblib.dump(state, path))
     os.replace(written, folder / CHECKPOINT_FILE)
     log.info("checkpoint saved: epoch %d, %d rows into it", state.epoch, state.rows_done)
@@ -126,6 +130,9 @@ class Trainer:
             self.saved_at = time.monotonic()
 
     def _start(self, sample: np.ndarray) -> None:
+        from sklearn.cluster import MiniBatchKMeans
+        from sklearn.preprocessing import StandardScaler
+
         hp = self.hp
         if hp.standardize:
             self.state.scaler = StandardScaler().fit(sample)
@@ -178,6 +185,8 @@ class Trainer:
         return block.rows
 
     def run(self, channel: channels.Channel) -> BaseEstimator:
+        from sklearn.pipeline import Pipeline
+
         hp, state = self.hp, self.state
         for run_pass in range(hp.epochs):
             if state.epoch >= hp.epochs:

@@ -13,6 +13,7 @@ import itertools
 import json
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TRAIN, entrypoint_env, make_job, run_train
+from conftest import ROOT, TRAIN, entrypoint_env, make_job, run_train
+from sklearn.datasets import make_blobs
 from test_streaming import start_writer
+
+from kmeans import reduction
 
 _SUBNETS = itertools.count(1)  # a fresh 127.N.0.x for each job: no port is ever reused
 RNG = np.random.default_rng(7)
@@ -357,3 +361,27 @@ def test_sigterm_stops_every_host(tmp_path: Path) -> None:
         assert host.ended - stopped < 30
         assert host.failure().startswith("training stopped by SIGTERM"), job.logs()
         assert host.model_files() == []
+
+
+def test_kmeans_plusplus_picks_the_rows_scikit_learn_picks() -> None:
+    from sklearn.cluster import kmeans_plusplus as scikit_learn_kmeans_plusplus
+
+    for seed in range(20):
+        rows, _ = make_blobs(2000 + seed, 3 + seed % 5, centers=2 + seed % 7, random_state=seed)
+        k = 2 + seed % 11
+        ours = reduction.kmeans_plusplus(rows, k, seed)
+        theirs, _ = scikit_learn_kmeans_plusplus(rows, k, random_state=seed)
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_hosts_load_no_scikit_learn_while_they_hold_rows() -> None:
+    """What a host imports to join, load and iterate: scikit-learn, scipy and pandas
+    (about 150 MB) come only when the model is made, after every host let go of its rows."""
+    code = (
+        "import sys; import kmeans.training, kmeans.reduction, kmeans.hosts; "
+        "print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'joblib') if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr
