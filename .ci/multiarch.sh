@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI for the arm64 (Graviton) image, called by .ci/run once the amd64 image is built, on the same
+# CI for the arm64 (Graviton) image, which .ci/run runs beside its other phases on the same
 # Docker engine: QEMU emulation, the Dockerfile built for linux/arm64, then tests/test_multiarch.py
 # (the arm64 image trains and serves; build_and_push.sh pushes both architectures under one name
 # to a local registry). Prints when each step starts; stops what it started, also on failure.
@@ -22,6 +22,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # .ci/run stops it with SIGTERM when another phase fails
 step() { printf '== multiarch: %s (at %d s)\n' "$1" "$SECONDS"; }
 
 step "apt: qemu-user-static, docker-registry"

@@ -228,6 +228,13 @@ def build(tag: str, context: Path) -> None:
     assert result.returncode == 0, f"docker build failed:\n{result.stderr[-3000:]}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the built image (the `image` fixture) is marked `host` (pyproject.toml)."""
+    for item in items:
+        if "image" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.host)
+
+
 @pytest.fixture(scope="session")
 def image() -> str:
     """$SAGE_KMEANS_IMAGE as given, else sage-kmeans:test built from this checkout (the
