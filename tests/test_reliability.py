@@ -489,7 +489,11 @@ class Load:
                 if self.fresh or response.will_close:
                     connection.close()
                     connection = None
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except http.client.IncompleteRead as error:  # the answer stopped part way
+                self.outcomes.append(("cut short", response.status, error.partial))
+                connection.close()
+                connection = None
+            except (http.client.HTTPException, ConnectionResetError, BrokenPipeError):
                 self.outcomes.append(("closed unanswered", None, b""))
                 connection.close()
                 connection = None
@@ -510,10 +514,12 @@ def test_a_worker_killed_under_load_loses_only_its_request_in_flight(trained, st
     time.sleep(1.5)
     outcomes = load.stop()
     answered = [status for kind, status, _ in outcomes if kind == "answered"]
-    failed = [(kind, status, body) for kind, status, body in outcomes if status != 200]
+    failed = [outcome for outcome in outcomes if outcome[:2] != ("answered", 200)]
     assert len(failed) <= 1, failed[:5]  # a sync worker holds one request at a time
     for kind, status, body in failed:
-        assert kind == "answered" and status == 502 and json.loads(body)["error"]
+        # nginx answers 502 for it; or, if the worker died between writing the answer's
+        # headers and its body, the client sees that answer cut short
+        assert kind == "cut short" or (status == 502 and json.loads(body)["error"]), failed
     assert answered.count(200) > 100 and server.process.poll() is None
     record("worker_killed", requests=len(outcomes), failed=len(failed))
 
