@@ -77,19 +77,26 @@ def _text_rows(
     return b"".join((head, memoryview(data)[first : last - 1], tail))
 
 
-def encode_csv(labels: np.ndarray, distances: np.ndarray) -> bytes:
-    return _text_rows(labels, distances, b"%d,", b"\n")
-
-
 _OBJECT = b'{"closest_cluster":%d,"distance_to_cluster":'
+# Each text format as _text_rows takes it: a row's template, its end, the body's head and tail.
+_TEXT = {
+    CSV: (b"%d,", b"\n", b"", b""),
+    JSON: (_OBJECT, b"},", b'{"predictions":[', b"]}"),
+    JSONLINES: (_OBJECT, b"}\n", b"", b""),
+}
+_FLOAT32_INFINITY = 3.4028235677973366e38  # from here up, a float64 rounds to float32's inf
+
+
+def encode_csv(labels: np.ndarray, distances: np.ndarray) -> bytes:
+    return _text_rows(labels, distances, *_TEXT[CSV])
 
 
 def encode_json(labels: np.ndarray, distances: np.ndarray) -> bytes:
-    return _text_rows(labels, distances, _OBJECT, b"},", b'{"predictions":[', b"]}")
+    return _text_rows(labels, distances, *_TEXT[JSON])
 
 
 def encode_jsonlines(labels: np.ndarray, distances: np.ndarray) -> bytes:
-    return _text_rows(labels, distances, _OBJECT, b"}\n")
+    return _text_rows(labels, distances, *_TEXT[JSONLINES])
 
 
 def encode_recordio(labels: np.ndarray, distances: np.ndarray) -> bytes:
@@ -103,6 +110,19 @@ ENCODERS: dict[str, Callable[[np.ndarray, np.ndarray], bytes]] = {
     RECORDIO: encode_recordio,
 }
 _ECHOED = (JSON, JSONLINES, CSV)  # request types answered in kind when Accept says nothing
+
+
+def encode_one(accept: str, label: int, distance: float) -> bytes:
+    """One record's answer, byte for byte what ENCODERS[accept] writes for it, without
+    building arrays for it."""
+    if accept not in _TEXT:
+        return ENCODERS[accept](np.array([label]), np.array([distance]))
+    template, end, head, tail = _TEXT[accept]
+    if distance >= _FLOAT32_INFINITY:
+        text = b"null"
+    else:
+        text = orjson.dumps(np.float32(distance), option=_NUMPY)
+    return b"".join((head, template % label, text, end[:-1], tail))
 
 
 @functools.lru_cache(maxsize=256)  # the same few header values arrive again and again

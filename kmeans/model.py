@@ -14,7 +14,9 @@ serving model.npz never imports it (nor scipy): most of what `serve` took to sta
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import os
 import platform
 import tempfile
@@ -257,10 +259,27 @@ class Centres:
     scale: np.ndarray | None = None
     norms: np.ndarray = field(init=False, repr=False)  # |c|² of each centre
     minus_2_centres_t: np.ndarray = field(init=False, repr=False)  # -2cᵀ, contiguous
+    lists: tuple[list[list[float]], list[float], list[float]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norms", np.einsum("ij,ij->i", self.centres, self.centres))
         object.__setattr__(self, "minus_2_centres_t", np.ascontiguousarray(-2.0 * self.centres.T))
+        features = self.centres.shape[1]
+        mean = [0.0] * features if self.mean is None else self.mean.tolist()
+        scale = [1.0] * features if self.scale is None else self.scale.tolist()
+        object.__setattr__(self, "lists", (self.centres.tolist(), mean, scale))
+
+    def nearest(self, row: list[float]) -> tuple[int, float]:
+        """One record's closest cluster and its distance, in plain Python: for a single
+        record, numpy's per-call overhead and cold caches cost more than the arithmetic.
+        Standardized as __call__ does it ((x - mean) / scale, each step rounded alike);
+        math.dist is at least as accurate as the differences squared and summed."""
+        centres, mean, scale = self.lists
+        if self.mean is not None or self.scale is not None:
+            row = [(x - m) / s for x, m, s in zip(row, mean, scale, strict=True)]
+        distances = list(map(math.dist, itertools.repeat(row), centres))
+        closest = min(distances)
+        return distances.index(closest), closest  # the first closest, as argmin picks
 
     @classmethod
     def of(cls, estimator: Any) -> Centres | None:
@@ -321,6 +340,12 @@ class Assigner:
         distances = self.estimator.transform(rows)
         labels = distances.argmin(axis=1)
         return labels, distances[np.arange(len(labels)), labels]
+
+    def nearest(self, row: list[float]) -> tuple[int, float]:
+        if self.centres is not None:
+            return self.centres.nearest(row)
+        labels, distances = self(np.array([row], np.float64))
+        return int(labels[0]), float(distances[0])
 
 
 def assign(estimator: BaseEstimator, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +424,7 @@ class LoadedModel:
     metadata: dict[str, Any]
     feature_dim: int
     warnings: tuple[str, ...]
-    assign: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    assign: Centres | Assigner  # rows -> (labels, distances); .nearest(row) for one record
 
 
 def load(folder: Path, allow_pickle: bool = True) -> LoadedModel:

@@ -69,14 +69,19 @@ def invoke(
     request_type = media.essence
     accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
     body = read_body(environ, limit)
-    rows = decoders.decode(body, media, loaded.feature_dim)
-    labels, distances = loaded.assign(rows)
-    answer = encoders.ENCODERS[accept](labels, distances)
+    one = decoders.one_csv_record(body, media, loaded.feature_dim) if request_type == CSV else None
+    if one is not None:  # most real-time requests: no arrays for them
+        records = 1
+        answer = encoders.encode_one(accept, *loaded.assign.nearest(one))
+    else:
+        rows = decoders.decode(body, media, loaded.feature_dim)
+        records = len(rows)
+        answer = encoders.ENCODERS[accept](*loaded.assign(rows))
     response = Response(answer, 200, content_type=accept)
     attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
     if attributes is not None:
         response.headers[CUSTOM_ATTRIBUTES] = attributes
-    _log_request(len(rows), len(body), request_type, len(answer), accept, started, note)
+    _log_request(records, len(body), request_type, len(answer), accept, started, note)
     return response
 
 

@@ -172,7 +172,10 @@ def _encode_varint(value: int) -> bytes:
 
 def encode_labels(labels: dict[str, np.ndarray]) -> bytes:
     """One Record per row whose `label` map holds each named value as a Float32Tensor,
-    the layout the built-in K-Means answers with."""
+    the layout the built-in K-Means answers with. A value beyond float32's range is
+    written as float32's infinity."""
+    with np.errstate(over="ignore"):
+        labels = {name: np.asarray(values).astype(np.float32) for name, values in labels.items()}
     count = len(next(iter(labels.values())))
     out = bytearray()
     for row in range(count):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kmeans import decoders
+from kmeans.content_types import MediaType
 
 RNG = np.random.default_rng(7)
 ROWS = RNG.normal(0, 1e3, (2000, 4)) * RNG.choice([1e-6, 1, 1e6], (2000, 4))  # exponents
@@ -119,3 +120,55 @@ def test_large_bad_bodies_get_the_exact_message(content_type, body, message) -> 
 def test_quoted_csv_cells_are_read() -> None:
     body = b'"1.5","2",3,4\n' * 1000
     np.testing.assert_array_equal(decoders.decode(body, "text/csv", 4), [[1.5, 2, 3, 4]] * 1000)
+
+
+@pytest.mark.parametrize("row", [ROWS[0], PLAIN[0], [0.0, -0.0, 1e-300, 1e300]])
+@pytest.mark.parametrize("end", [b"", b"\n", b"\r\n", b" \n\n"])
+@pytest.mark.parametrize("content_type", ["text/csv", "text/csv; charset=UTF-8"])
+def test_one_csv_record_equals_decode(row, end: bytes, content_type: str) -> None:
+    """The single-record path reads what decode() reads, to the last bit."""
+    body = ",".join(repr(float(v)) for v in row).encode() + end
+    one = decoders.one_csv_record(body, MediaType.parse(content_type), 4)
+    assert one is not None
+    np.testing.assert_array_equal([one], decoders.decode(body, content_type, 4))
+
+
+def test_one_csv_record_reads_every_spelling_of_a_number_as_decode_does() -> None:
+    rows = np.concatenate([ROWS, PLAIN, RNG.integers(-(10**17), 10**17, (500, 4))])
+    for row in rows.tolist():
+        for spelling in (repr, "{:.20g}".format, "{:g}".format, "{:.25E}".format):
+            body = ",".join(spelling(v) for v in row).encode()
+            one = decoders.one_csv_record(body, MediaType.parse("text/csv"), 4)
+            np.testing.assert_array_equal([one], decoders.decode(body, "text/csv", 4), str(body))
+
+
+@pytest.mark.parametrize(
+    "content_type,body",
+    [
+        ("text/csv", b"1,2,3,4\n5,6,7,8"),  # two records
+        ("text/csv", b"1,2,3"),  # too few
+        ("text/csv", b"1,2,3,4,5"),  # too many
+        ("text/csv", b"1,2,,4"),
+        ("text/csv", b'1,"2",3,4'),
+        ("text/csv", b"1,2,3,nan"),
+        ("text/csv", b"1,2,3,1e999"),
+        ("text/csv", b"1,2,3,x"),
+        ("text/csv", b"1,2\n,3,4"),  # valid as a JSON array, but two CSV lines
+        ("text/csv", b"1,2\r,3,4"),
+        ("text/csv", b"1,2,3,true"),
+        ("text/csv", b"1,2,3,null"),
+        ("text/csv", b"1,2,[3],4"),
+        ("text/csv", b"1,2,3,4,"),
+        ("text/csv", b"+1,2,3,.5"),  # float() reads these, JSON does not: decode() does
+        ("text/csv", b""),
+        ("text/csv", b"\xef\xbb\xbf1,2,3,4"),  # a byte-order mark
+        ("text/csv; header=present", b"a,b,c,d\n1,2,3,4"),
+        ("text/csv; label_size=1", b"9,1,2,3,4"),
+        ("text/csv; charset=utf-16", "1,2,3,4".encode("utf-16")),
+        ("text/csv", b"1," * 2047 + b"1"),  # 4 KB and more: the bulk path's
+    ],
+)
+def test_one_csv_record_leaves_every_other_body_to_decode(content_type: str, body: bytes) -> None:
+    """Anything but one plain, finite record of the model's width goes to decode(), which
+    reads it or refuses it with its own message."""
+    assert decoders.one_csv_record(body, MediaType.parse(content_type), 4) is None

@@ -86,5 +86,25 @@ def test_distances_beyond_float32_are_null(kind: str, count: int) -> None:
     assert "null" not in written[2:]
 
 
+def test_recordio_distances_beyond_float32_are_infinite() -> None:
+    labels, distances = predictions(3)
+    distances[1] = 1e39  # finite in float64, beyond float32: it used to raise OverflowError
+    records = protobuf_records.labels(encoders.encode_recordio(labels, distances))
+    assert [record["distance_to_cluster"] for record in records][1:] == [np.inf, distances[2]]
+
+
+@pytest.mark.parametrize("kind", list(encoders.ENCODERS))
+def test_one_record_is_written_as_the_arrays_path_writes_it(kind: str) -> None:
+    """encode_one, the single-record path, writes the very bytes of ENCODERS' one-row
+    answer, over many magnitudes and around the edge of float32's range."""
+    labels, distances = predictions(2000)
+    edge = 3.4028235677973366e38  # the first float64 that rounds to float32's infinity
+    below, above = np.nextafter(edge, [0.0, np.inf]).tolist()
+    cases = zip([*labels.tolist(), 1, 2, 3], [*distances.tolist(), below, edge, above], strict=True)
+    for label, distance in cases:
+        expected = encoders.ENCODERS[kind](np.array([label]), np.array([distance]))
+        assert encoders.encode_one(kind, label, distance) == expected, (label, distance)
+
+
 def test_every_encoder_is_tested() -> None:
     assert set(encoders.ENCODERS) == {*TEXT_FORMATS, "application/x-recordio-protobuf"}

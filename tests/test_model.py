@@ -33,12 +33,34 @@ def test_assigner_equals_the_estimators_transform(standardize: str, rows: int) -
     np.testing.assert_array_equal(labels, estimator.predict(batch))
 
 
+@pytest.mark.parametrize("standardize", ["false", "true"])
+def test_one_record_in_python_equals_the_numpy_assignment(standardize: str) -> None:
+    """nearest(), serving's single-record path, picks the same cluster as the numpy path
+    for every record, and the same distance once rounded to float32 as answers carry it."""
+    estimator = model.fit(parse({"k": "8", "standardize": standardize}), DATA.copy())
+    batch = RNG.normal(size=(3000, 6)) * [1, 10, 100, 1, 1, 1000]
+    batch[:8] = model.Centres.of(estimator).centres  # distance 0 (unstandardized)
+    for assigner in (model.Assigner(estimator), model.Centres.of(estimator)):
+        labels, distances = assigner(batch)
+        ones = [assigner.nearest(row) for row in batch.tolist()]
+        assert [label for label, _ in ones] == labels.tolist()
+        assert all(isinstance(label, int) for label, _ in ones)
+        float32 = np.array([distance for _, distance in ones]).astype(np.float32)
+        np.testing.assert_array_equal(float32, distances.astype(np.float32))
+
+
 def test_other_estimators_use_their_own_transform() -> None:
     estimator = Pipeline([("pca", PCA(3)), ("kmeans", KMeans(4, n_init=1))]).fit(DATA)
     assigner = model.Assigner(estimator)
     assert not assigner.direct
     labels, _ = assigner(DATA[:50])
     np.testing.assert_array_equal(labels, estimator.predict(DATA[:50]))
+    rows = DATA[:50].astype(np.float64)  # as requests are decoded
+    labels, distances = assigner(rows)
+    ones = [assigner.nearest(row) for row in rows.tolist()]
+    assert [label for label, _ in ones] == labels.tolist()
+    float32 = np.array([distance for _, distance in ones]).astype(np.float32)
+    np.testing.assert_array_equal(float32, distances.astype(np.float32))  # as answers carry it
 
 
 def test_the_saved_model_never_changes_the_callers_array() -> None:

@@ -147,6 +147,32 @@ def test_recordio_answers_as_the_built_in_algorithm(server, expected) -> None:
     np.testing.assert_array_equal(distances, expected[1].astype(np.float32))
 
 
+@pytest.mark.parametrize(
+    "accept",
+    ["text/csv", "application/json", "application/jsonlines", "application/x-recordio-protobuf"],
+)
+def test_each_single_csv_record_matches_the_model(server, expected, accept) -> None:
+    """One record a request, the real-time endpoint's usual traffic, takes its own path
+    (plain Python, no arrays): every record of the set comes back as the model says, in
+    every format, and is logged as one record."""
+    for index, row in enumerate(ROWS):
+        body = ",".join(f"{v:g}" for v in row) + "\n"
+        response = invoke(server, body, "text/csv", accept)
+        assert response.status_code == 200, response.text
+        if accept == "application/x-recordio-protobuf":
+            (answer,) = protobuf_records.labels(response.content)
+            label, distance = answer["closest_cluster"], answer["distance_to_cluster"]
+        else:
+            (label,), (distance,) = parse_answer(response)
+        assert label == expected[0][index]
+        assert np.float32(distance) == np.float32(expected[1][index])
+    line = f"invocation: 1 records, {len(body)} bytes text/csv -> {len(response.content)} bytes"
+    deadline = time.monotonic() + 5
+    while line not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line in server.output()
+
+
 def test_single_features_object_is_one_record(server, expected) -> None:
     response = invoke(server, json.dumps({"features": ROWS[0].tolist()}), "application/json")
     assert response.json()["predictions"][0]["closest_cluster"] == expected[0][0]
