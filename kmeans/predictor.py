@@ -45,7 +45,9 @@ def _log_request(
 ) -> None:
     """The one line each invocation logs, written straight to stdout's file descriptor in
     one call: through `logging` it costs a third of what a one-record request costs in
-    all, and through sys.stdout a buffer and a flush more."""
+    all, and through sys.stdout a buffer and a flush more. invoke() has it written once
+    the answer is sent (gunicorn then closes the response), so no client waits for it;
+    its time runs to then."""
     elapsed = (time.perf_counter() - started) * 1000
     os.write(
         STDOUT,
@@ -63,8 +65,8 @@ def invoke(
     note: str = "",
 ) -> Response:
     """One invocation: the body decoded, assigned and encoded as Accept asks, the custom
-    attributes echoed, and one line logged (`note` ends it). Plain dict look-ups in the
-    WSGI environ: this path is paid per request."""
+    attributes echoed, and one line logged once the answer is sent (`note` ends it).
+    Plain dict look-ups in the WSGI environ: this path is paid per request."""
     media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
     request_type = media.essence
     accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
@@ -81,7 +83,11 @@ def invoke(
     attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
     if attributes is not None:
         response.headers[CUSTOM_ATTRIBUTES] = attributes
-    _log_request(records, len(body), request_type, len(answer), accept, started, note)
+    response.call_on_close(
+        functools.partial(
+            _log_request, records, len(body), request_type, len(answer), accept, started, note
+        )
+    )
     return response
 
 
