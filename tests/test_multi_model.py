@@ -23,6 +23,7 @@ import pytest
 import requests
 from conftest import IRIS, SERVE, Server, entrypoint_env, free_port, make_job, run_train
 from test_serve import ERRORS, REQUESTS, ROWS, parse_answer, sigterm_in_flight
+from threads import Threads
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None,
@@ -404,19 +405,28 @@ def test_every_worker_agrees_on_load_unload_and_reload(server, trained) -> None:
     assert unload(server, name).status_code == 200
 
 
+CYCLERS, TURNS, RACERS, RACED, READERS = 8, 4, 2, 6, 2
+CHECKS_PER_TURN = 6  # load, three invocations, unload, an invocation after the unload
+
+
 def test_load_invoke_unload_from_many_connections_at_once(server, trained) -> None:
     """Twelve clients at once: eight load, invoke, unload and check their own models over
     and over; two race to load the same names; two keep invoking a model nobody touches.
-    Every answer must be right for the model asked, every status the one expected."""
+    Every answer must be right for the model asked, every status the one expected, each
+    raced name loaded exactly once, and every client must finish, the readers still reading
+    when the others are done, with as many answers as they sent (the server logged each)."""
     models = list(trained.values())
     urls = [place(server.base, f"busy-{index}", model) for index, model in enumerate(models)]
     assert load(server, "steady", urls[0]).status_code == 200
     problems: list[str] = []
+    checked: list[str] = []
+    raced: list[tuple[str, int]] = []
+    reads = [0] * READERS
     stop = threading.Event()
 
     def cycle(client: int) -> None:
         with requests.Session() as http:
-            for turn in range(4):
+            for turn in range(TURNS):
                 name, index = f"client {client} turn {turn}", (client + turn) % len(models)
                 expected = [(load(server, name, urls[index], http), 200)]
                 expected += [(invoke(server, name, models[index].csv, http=http), "answer")] * 3
@@ -428,40 +438,50 @@ def test_load_invoke_unload_from_many_connections_at_once(server, trained) -> No
                         if want == "answer"
                         else response.status_code == want
                     )
+                    checked.append(name)
                     if not ok:
                         problems.append(f"{name}: {response.status_code} {response.text[:200]}")
 
     def race(client: int) -> None:
         with requests.Session() as http:
-            for turn in range(6):
+            for turn in range(RACED):
                 name = f"raced {turn}"
-                status = load(server, name, urls[turn % len(urls)], http).status_code
-                if status not in (200, 409):
-                    problems.append(f"{name}: load answered {status}")
+                raced.append((name, load(server, name, urls[turn % len(urls)], http).status_code))
 
-    def steady() -> None:
+    def steady(reader: int) -> None:
         with requests.Session() as http:
             while not stop.is_set():
                 response = invoke(server, "steady", models[0].csv, http=http)
+                reads[reader] += 1
                 if not answers_like(response, models[0]):
                     problems.append(f"steady: {response.status_code} {response.text[:200]}")
 
-    threads = [threading.Thread(target=cycle, args=(client,)) for client in range(8)]
-    threads += [threading.Thread(target=race, args=(client,)) for client in range(2)]
-    readers = [threading.Thread(target=steady) for _ in range(2)]
-    for thread in threads + readers:
-        thread.start()
-    for thread in threads:
-        thread.join(240)
+    clients, readers = Threads(), Threads()
+    for reader in range(READERS):
+        readers.start(steady, reader)
+    for client in range(CYCLERS):
+        clients.start(cycle, client)
+    for client in range(RACERS):
+        clients.start(race, client)
+    clients.join(240)
+    still_reading = [thread.is_alive() for thread in readers.threads]
     stop.set()
-    for thread in readers:
-        thread.join(60)
+    readers.join(60)
     assert problems == []
+    assert len(checked) == CYCLERS * TURNS * CHECKS_PER_TURN
+    assert len(raced) == RACERS * RACED
+    for turn in range(RACED):
+        statuses = sorted(status for name, status in raced if name == f"raced {turn}")
+        assert statuses == [200] + [409] * (RACERS - 1), (turn, statuses)
+    assert still_reading == [True] * READERS, "a reader stopped before the other clients"
+    assert min(reads) >= 1, reads
+    logged = lambda: server.output().count("with model 'steady'")  # noqa: E731
+    assert eventually(lambda: logged() == sum(reads)), (logged(), reads)
     listed = {
         entry["modelName"]
         for entry in requests.get(server.url + "/models", timeout=5).json()["models"]
     }
-    assert listed >= {f"raced {turn}" for turn in range(6)} | {"steady"}
+    assert listed >= {f"raced {turn}" for turn in range(RACED)} | {"steady"}
     assert not {name for name in listed if name.startswith("client ")}
     for name in listed:
         assert unload(server, name).status_code == 200
@@ -511,7 +531,7 @@ def test_a_hundred_models_loaded_listed_in_pages_and_invoked(
         right = list(
             pool.map(lambda n: answers_like(invoke(server, n, names[n].csv), names[n]), names)
         )
-    assert all(right)
+    assert right == [True] * 100
     assert "100 models loaded" in server.output()
 
 

@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -20,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -32,6 +32,7 @@ from conftest import IRIS, Server, free_port
 from figures import record
 from slow_estimator import BUSY, SLEEP, write_model
 from test_serve import alive, csv_of_size, request_bodies
+from threads import Threads
 
 from kmeans import supervisor
 from kmeans.environment import Environment
@@ -392,11 +393,10 @@ def test_requests_past_the_timeout_free_their_workers(slow_model, start_server) 
         response = invoke(server.url, slow)
         answers.append((time.monotonic() - started, response))
 
-    threads = [threading.Thread(target=call) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    callers = Threads()
+    for _ in range(6):
+        callers.start(call)
+    callers.join(180)
     assert len(answers) == 6
     for elapsed, response in answers:
         error = answered_json_error(response, 504)
@@ -454,26 +454,40 @@ def test_sigterm_with_abandoned_work_exits_0_within_15_s(slow_model, start_serve
 
 
 class Load:
-    """Client threads sending one-record requests until stopped; each outcome counted."""
+    """Client threads sending one-record requests until stopped; the outcome of every
+    request counted: answered (with its status), cut short, closed unanswered, timed out
+    (no answer within `timeout` seconds), or refused (no connection)."""
 
     def __init__(
-        self, url: str, threads: int, body: bytes = ROW, fresh_connections: bool = False
+        self,
+        url: str,
+        threads: int,
+        body: bytes = ROW,
+        fresh_connections: bool = False,
+        timeout: float = 60,
     ) -> None:
         host, port = url.removeprefix("http://").split(":")
         self.address, self.body, self.fresh = (host, int(port)), body, fresh_connections
+        self.timeout = timeout
         self.outcomes: list[tuple[str, int | None, bytes]] = []
+        self.attempts = [0] * threads  # one count per client: no two threads add to one
         self.running = True
-        self.threads = [threading.Thread(target=self._client) for _ in range(threads)]
-        for thread in self.threads:
-            thread.start()
+        self.clients = Threads()
+        for client in range(threads):
+            self.clients.start(self._client, client)
 
-    def _client(self) -> None:
+    def _client(self, client: int) -> None:
         connection = None
         while self.running:
+            self.attempts[client] += 1
             try:
                 if connection is None:
-                    connection = http.client.HTTPConnection(*self.address, timeout=60)
+                    connection = http.client.HTTPConnection(*self.address, timeout=self.timeout)
                     connection.connect()
+            except TimeoutError:
+                self.outcomes.append(("timed out", None, b""))
+                connection = None
+                continue
             except OSError:
                 self.outcomes.append(("refused", None, b""))
                 connection = None
@@ -493,16 +507,33 @@ class Load:
                 self.outcomes.append(("cut short", response.status, error.partial))
                 connection.close()
                 connection = None
+            except TimeoutError:
+                self.outcomes.append(("timed out", None, b""))
+                connection.close()
+                connection = None
             except (http.client.HTTPException, ConnectionResetError, BrokenPipeError):
                 self.outcomes.append(("closed unanswered", None, b""))
                 connection.close()
                 connection = None
 
     def stop(self) -> list[tuple[str, int | None, bytes]]:
+        """Every client's outcomes, once each has finished its request in flight (a
+        connection and a request, each within the timeout) and none was lost."""
         self.running = False
-        for thread in self.threads:
-            thread.join(120)
+        self.clients.join(3 * self.timeout)
+        assert len(self.outcomes) == sum(self.attempts), (len(self.outcomes), self.attempts)
         return self.outcomes
+
+
+def test_load_counts_a_request_that_times_out() -> None:
+    """A loopback listener that takes connections and never answers: every request the
+    load sends is counted as timed out, none is lost, and every client stops."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        load = Load(f"http://127.0.0.1:{silent.getsockname()[1]}", threads=2, timeout=0.5)
+        time.sleep(1.6)
+        outcomes = load.stop()
+    assert len(outcomes) >= 2 * 3, outcomes  # 1.6 s of 0.5 s timeouts, in each client
+    assert {kind for kind, _, _ in outcomes} == {"timed out"}
 
 
 def test_a_worker_killed_under_load_loses_only_its_request_in_flight(trained, start_server) -> None:
@@ -535,8 +566,11 @@ def test_killing_nginx_under_load_stops_serve_and_everything_it_started(
     os.kill(server.pids()["nginx"][0], signal.SIGKILL)
     code = server.process.wait(60)
     took = time.monotonic() - killed
-    load.stop()
+    outcomes = load.stop()
     assert code != 0 and "nginx exited unexpectedly" in server.output()
+    kinds = [kind for kind, _, _ in outcomes]
+    assert ("answered", 200) in [outcome[:2] for outcome in outcomes], "no load was served"
+    assert "timed out" not in kinds, kinds.count("timed out")  # every socket closed with nginx
     time.sleep(0.5)
     left = {pid: name for pid, name in tree.items() if pid != server.process.pid and alive(pid)}
     assert left == {}, f"left running: {left}"
@@ -550,17 +584,16 @@ def test_sigterm_under_load_answers_every_accepted_request(slow_model, start_ser
     load = Load(server.url, threads=4, fresh_connections=True)
     time.sleep(2)
     in_flight: list[requests.Response] = []
-    slow = threading.Thread(
-        target=lambda: in_flight.append(invoke(server.url, f"{SLEEP + 3},3,1,0.2".encode()))
-    )
-    slow.start()
+    slow = Threads()
+    slow.start(lambda: in_flight.append(invoke(server.url, f"{SLEEP + 3},3,1,0.2".encode())))
     time.sleep(1)
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0
     took = time.monotonic() - signalled
-    slow.join(60)
+    slow.join(150)
     outcomes = load.stop()
+    assert len(in_flight) == 1, in_flight
     assert in_flight[0].status_code == 200, in_flight[0].text
     answered = [status for kind, status, _ in outcomes if kind == "answered"]
     assert set(answered) == {200} and len(answered) >= 10, answered
@@ -568,6 +601,7 @@ def test_sigterm_under_load_answers_every_accepted_request(slow_model, start_ser
     logged = re.findall(r'"POST /invocations HTTP/1.1" (\d+) .*"reliability-load"', server.output())
     assert set(logged) == {"200"} and len(logged) == len(answered), (len(logged), len(answered))
     kinds = [kind for kind, _, _ in outcomes]
+    assert "timed out" not in kinds, kinds.count("timed out")
     record(
         "sigterm_under_load",
         answered=len(answered),
@@ -589,18 +623,11 @@ def test_slow_clients_are_disconnected_without_an_html_answer(server) -> None:
         started = time.monotonic()
         results[name] = (exchange(server.port, raw, timeout=120), time.monotonic() - started)
 
-    threads = [
-        threading.Thread(
-            target=slow_client, args=("headers", b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
-        ),
-        threading.Thread(
-            target=slow_client, args=("body", post(b"Content-Length: 100\r\n", b"1,2"))
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(180)
+    clients = Threads()
+    clients.start(slow_client, "headers", b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+    clients.start(slow_client, "body", post(b"Content-Length: 100\r\n", b"1,2"))
+    clients.join(180)  # a client still waiting after 120 s has raised TimeoutError
+    assert sorted(results) == ["body", "headers"]
     for name, ((status, _, body), took) in results.items():
         assert status is None and body == b"", (name, status, body[:200])
         assert 55 < took < 120, (name, took)
@@ -608,6 +635,7 @@ def test_slow_clients_are_disconnected_without_an_html_answer(server) -> None:
 
 
 SOAK_SECONDS = float(os.environ.get("SAGE_KMEANS_SOAK_SECONDS", "300"))
+SOAK_CLIENTS, SOAK_REQUEST_TIMEOUT = 4, 60
 
 
 def soak_bodies() -> list[tuple[str, dict[str, str], bytes, int]]:
@@ -639,7 +667,7 @@ def test_soak_mixed_traffic_no_errors_and_flat_memory(trained, start_server) -> 
     bodies = soak_bodies()
     accepts = ["application/json", "text/csv", "application/jsonlines", "*/*"]
     errors: list[str] = []
-    tallies = [{"requests": 0, "records": 0, "bytes": 0} for _ in range(4)]
+    tallies = [{"requests": 0, "records": 0, "bytes": 0} for _ in range(SOAK_CLIENTS)]
     running = True
 
     def client(seed: int) -> None:
@@ -651,8 +679,8 @@ def test_soak_mixed_traffic_no_errors_and_flat_memory(trained, start_server) -> 
                 response = session.post(
                     server.url + "/invocations",
                     data=body,
-                    headers={**headers, "Accept": accept},
-                    timeout=60,
+                    headers={**headers, "Accept": accept, "User-Agent": "reliability-soak"},
+                    timeout=SOAK_REQUEST_TIMEOUT,
                 )
                 answers = (
                     len(response.json()["predictions"])
@@ -665,9 +693,9 @@ def test_soak_mixed_traffic_no_errors_and_flat_memory(trained, start_server) -> 
                 counts["records"] += rows
                 counts["bytes"] += len(body)
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(len(tallies))]
-    for thread in threads:
-        thread.start()
+    clients = Threads()
+    for seed in range(SOAK_CLIENTS):
+        clients.start(client, seed)
     samples: dict[int, list[tuple[float, int]]] = {}
     names = process_tree(server.process.pid)
     started = time.monotonic()
@@ -679,9 +707,20 @@ def test_soak_mixed_traffic_no_errors_and_flat_memory(trained, start_server) -> 
                 errors.append(f"process {pid} ({names[pid]}) disappeared")
         time.sleep(5)
     running = False
-    for thread in threads:
-        thread.join(120)
+    clients.join(2 * SOAK_REQUEST_TIMEOUT)
     assert errors == [], errors[:10]
+    # Each client sends one request after another, each ending within its timeout, for
+    # the whole soak: it cannot have sent fewer than this unless it stopped.
+    least = max(1, math.ceil(SOAK_SECONDS / SOAK_REQUEST_TIMEOUT))
+    sent = [counts["requests"] for counts in tallies]
+    assert min(sent) >= least, (sent, least)
+    served = lambda: len(  # noqa: E731
+        re.findall(r'"POST /invocations HTTP/1.1" 200 .*"reliability-soak"', server.output())
+    )
+    deadline = time.monotonic() + 10  # nginx logs a request once its answer is sent
+    while served() != sum(sent) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served() == sum(sent), (served(), sent)
     warm = min(60.0, SOAK_SECONDS / 5)  # allocators settle on the first large bodies
     drift = {}
     for pid, series in samples.items():

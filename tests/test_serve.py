@@ -1,4 +1,5 @@
-"""`kmeans/serve` with real nginx and gunicorn, on loopback, against a model `train` made."""
+"""`kmeans/serve` with real nginx and gunicorn, on loopback, against a model `train` made;
+and the helper (tests/threads.py) its concurrent tests join their client threads with."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import protobuf_records
 import pytest
 import requests
 from conftest import IRIS, SERVE, entrypoint_env, free_port
+from threads import Threads
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None,
@@ -458,26 +460,68 @@ def test_model_from_another_scikit_learn_version_logs_a_warning(
     assert "model saved with scikit-learn 0.24.2, loaded with" in server.output()
 
 
+CLIENTS, REQUESTS_EACH = 8, 20
+
+
 def test_concurrent_clients_all_answered(server, expected) -> None:
-    failures = []
+    """Eight keep-alive clients at once, twenty requests each: every one of the 160 is
+    answered 200 with the model's labels, and every client thread finishes."""
+    outcomes: list[tuple[int, bool]] = []
 
     def client() -> None:
         with requests.Session() as session:
-            for _ in range(20):
+            for _ in range(REQUESTS_EACH):
                 response = session.post(
                     server.url + "/invocations",
                     data=CSV_BODY,
                     headers={"Content-Type": "text/csv"},
                     timeout=30,
                 )
-                if response.status_code != 200 or not np.array_equal(
+                right = response.status_code == 200 and np.array_equal(
                     parse_answer(response)[0], expected[0]
-                ):
-                    failures.append(response.status_code)
+                )
+                outcomes.append((response.status_code, right))
 
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert failures == []
+    clients = Threads()
+    for _ in range(CLIENTS):
+        clients.start(client)
+    clients.join(120)
+    assert len(outcomes) == CLIENTS * REQUESTS_EACH
+    assert [outcome for outcome in outcomes if outcome != (200, True)] == []
+
+
+# The helper the concurrent tests join their client threads with must itself fail when a
+# thread loses a request: by raising, by hanging, or (caught by the tests' exact counts)
+# by returning early.
+
+
+def test_threads_fails_when_a_client_thread_raises() -> None:
+    def client(number: int) -> None:
+        if number == 3:
+            raise requests.ConnectionError("connection reset by peer")
+
+    clients = Threads()
+    for number in range(5):
+        clients.start(client, number)
+    with pytest.raises(AssertionError, match=r"1 of 5 threads raised; client\(3,\): Connection"):
+        clients.join(10)
+
+
+def test_threads_fails_when_a_client_thread_never_ends() -> None:
+    release = threading.Event()
+    clients = Threads()
+    clients.start(release.wait)
+    clients.start(lambda: None)
+    with pytest.raises(AssertionError, match=r"1 of 2 threads still running after 0.5 s"):
+        clients.join(0.5)
+    release.set()
+    clients.join(10)
+
+
+def test_threads_passes_when_every_client_thread_returns() -> None:
+    done: list[int] = []
+    clients = Threads()
+    for number in range(5):
+        clients.start(done.append, number)
+    clients.join(10)
+    assert sorted(done) == [0, 1, 2, 3, 4]
