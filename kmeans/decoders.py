@@ -288,7 +288,14 @@ def _row(record: Any, features: int, where: str) -> list[float]:
 
 def _sparse(tensor: dict, features: int, where: str) -> list[float]:
     """The built-in algorithm's {"values": [...], "keys": [...], "shape": [n]} form."""
-    values = tensor.get("values")
+    if "values" not in tensor:
+        raise DecodeError(f"{where}: data.features has no 'values' (a list of numbers)")
+    shape = tensor.get("shape")
+    if shape is not None and shape != [features]:
+        raise DecodeError(
+            f"{where}: 'shape' must be [{features}] (the model's feature count), got {shape!r}"
+        )
+    values = tensor["values"]
     keys = tensor.get("keys")
     if keys is None:
         return values

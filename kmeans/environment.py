@@ -66,7 +66,14 @@ class Paths:
         return self.base / "checkpoints"
 
 
-def _int(env: dict[str, str], names: tuple[str, ...], default: int, minimum: int) -> int:
+def _int(
+    env: dict[str, str],
+    names: tuple[str, ...],
+    default: int,
+    minimum: int,
+    maximum: int | None = None,
+) -> int:
+    accepted = f"≥ {minimum}" if maximum is None else f"from {minimum} to {maximum}"
     for name in names:
         raw = env.get(name, "").strip()
         if not raw:
@@ -74,9 +81,9 @@ def _int(env: dict[str, str], names: tuple[str, ...], default: int, minimum: int
         try:
             value = int(raw)
         except ValueError:
-            raise SettingError(f"{name} must be an integer ≥ {minimum}, got {raw!r}") from None
-        if value < minimum:
-            raise SettingError(f"{name} must be an integer ≥ {minimum}, got {raw!r}")
+            value = minimum - 1
+        if value < minimum or (maximum is not None and value > maximum):
+            raise SettingError(f"{name} must be an integer {accepted}, got {raw!r}")
         return value
     return default
 
@@ -135,7 +142,7 @@ class Environment:
         return cls(
             paths=Paths(Path(env.get("SAGEMAKER_BASE_DIR") or "/opt/ml").resolve()),
             host=env.get("SAGEMAKER_BIND_TO_HOST") or "0.0.0.0",
-            port=_int(env, ("SAGEMAKER_BIND_TO_PORT",), 8080, 1),
+            port=_int(env, ("SAGEMAKER_BIND_TO_PORT",), 8080, 1, 65535),
             workers=_int(
                 env,
                 ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),

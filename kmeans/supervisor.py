@@ -109,7 +109,9 @@ class Supervisor:
         while not (self.runtime / "ready").exists():
             code = self.gunicorn.poll()
             if code is not None:
-                return code
+                if code not in (0, EXIT_NO_MODEL):
+                    log.error("gunicorn exited with code %d before serving; see above", code)
+                return code if code >= 0 else 1  # not 256 minus a signal
             if self.stopping:
                 return 0
             if time.monotonic() > deadline:
@@ -136,8 +138,6 @@ class Supervisor:
         )
         code = self._wait_until_ready()
         if code is not None:
-            if code not in (0, EXIT_NO_MODEL):
-                log.error("gunicorn exited with code %d before serving; see above", code)
             self._stop_all()
             return code
         self.nginx = self._start(
