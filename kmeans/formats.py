@@ -484,9 +484,11 @@ def parquet_blocks(part: Part, reading: Reading, block_bytes: int) -> Iterator[B
 
 
 def _to_rows(batch: pa.RecordBatch) -> np.ndarray:
-    """Columns -> row-major float32 rows, missing cells as NaN (in Arrow's C++, fast)."""
+    """Columns -> row-major float32 rows, missing cells as NaN (in Arrow's C++, fast).
+    Each number becomes the nearest float32, as the same number written in CSV does: an
+    integer beyond 2^24 that float32 cannot hold is rounded (Arrow's safe cast refuses it)."""
     if any(column.type != pa.float32() for column in batch.schema):
-        columns = [column.cast(pa.float32()) for column in batch.columns]
+        columns = [column.cast(pa.float32(), safe=False) for column in batch.columns]
         batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
     return np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
 
