@@ -8,7 +8,7 @@ package reads os.environ.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 RUNTIME_DIR_VARIABLE = "SAGE_KMEANS_RUNTIME_DIR"
@@ -24,6 +24,12 @@ class Paths:
     """The /opt/ml tree (or its stand-in under SAGEMAKER_BASE_DIR)."""
 
     base: Path
+
+    @classmethod
+    def read(cls, env: dict[str, str] | None = None) -> Paths:
+        """The tree alone: it can always be found, so a bad setting can be reported there."""
+        env = os.environ if env is None else env
+        return cls(Path(env.get("SAGEMAKER_BASE_DIR") or "/opt/ml").resolve())
 
     @property
     def config(self) -> Path:
@@ -79,17 +85,13 @@ def _int(
         if not raw:
             continue
         try:
-            value = int(raw)
+            value: int | None = int(raw)
         except ValueError:
-            value = minimum - 1
-        if value < minimum or (maximum is not None and value > maximum):
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
             raise SettingError(f"{name} must be an integer {accepted}, got {raw!r}")
         return value
     return default
-
-
-def _seconds(env: dict[str, str], name: str, default: float) -> float:
-    return _number(env, name, default, "seconds")
 
 
 def _number(env: dict[str, str], name: str, default: float, unit: str) -> float:
@@ -103,6 +105,37 @@ def _number(env: dict[str, str], name: str, default: float, unit: str) -> float:
     if not value >= 0:
         raise SettingError(f"{name} must be a number of {unit} ≥ 0, got {raw!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Numeric:
+    """A numeric setting: the Environment field it fills, its variables (the first one set
+    wins), its least (and, for some, greatest) accepted value and its unit (None: a whole
+    number)."""
+
+    field: str
+    variables: tuple[str, ...]
+    minimum: int
+    unit: str | None = None
+    maximum: int | None = None
+
+    def read(self, env: dict[str, str], default: float) -> float:
+        if self.unit is None:
+            return _int(env, self.variables, int(default), self.minimum, self.maximum)
+        (name,) = self.variables
+        return _number(env, name, default, self.unit)
+
+
+NUMERIC_SETTINGS = (
+    Numeric("port", ("SAGEMAKER_BIND_TO_PORT",), 1, maximum=65535),
+    Numeric("workers", ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"), 1),
+    Numeric("timeout", ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 1),
+    Numeric("max_payload_mb", ("SAGEMAKER_MAX_PAYLOAD_IN_MB",), 1),
+    Numeric("pipe_wait_seconds", ("SAGE_KMEANS_PIPE_WAIT_SECONDS",), 0, "seconds"),
+    Numeric("checkpoint_seconds", ("SAGE_KMEANS_CHECKPOINT_SECONDS",), 0, "seconds"),
+    Numeric("join_seconds", ("SAGE_KMEANS_JOIN_TIMEOUT_SECONDS",), 0, "seconds"),
+    Numeric("model_memory_mb", ("SAGE_KMEANS_MODEL_MEMORY_MB",), 0, "MB"),
+)
 
 
 def _flag(env: dict[str, str], name: str, default: bool) -> bool:
@@ -139,25 +172,19 @@ class Environment:
     @classmethod
     def read(cls, env: dict[str, str] | None = None) -> Environment:
         env = dict(os.environ if env is None else env)
+        defaults = {field.name: field.default for field in fields(cls)}
+        defaults["workers"] = os.cpu_count() or 1
+        numbers = {
+            setting.field: setting.read(env, defaults[setting.field])
+            for setting in NUMERIC_SETTINGS
+        }
         return cls(
-            paths=Paths(Path(env.get("SAGEMAKER_BASE_DIR") or "/opt/ml").resolve()),
+            paths=Paths.read(env),
             host=env.get("SAGEMAKER_BIND_TO_HOST") or "0.0.0.0",
-            port=_int(env, ("SAGEMAKER_BIND_TO_PORT",), 8080, 1, 65535),
-            workers=_int(
-                env,
-                ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
-                os.cpu_count() or 1,
-                1,
-            ),
-            timeout=_int(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60, 1),
-            max_payload_mb=_int(env, ("SAGEMAKER_MAX_PAYLOAD_IN_MB",), 6, 1),
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip(),
             allow_pickle=_flag(env, "SAGE_KMEANS_ALLOW_PICKLE", True),
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
-            pipe_wait_seconds=_seconds(env, "SAGE_KMEANS_PIPE_WAIT_SECONDS", 60.0),
-            checkpoint_seconds=_seconds(env, "SAGE_KMEANS_CHECKPOINT_SECONDS", 60.0),
-            join_seconds=_seconds(env, "SAGE_KMEANS_JOIN_TIMEOUT_SECONDS", 300.0),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
             multi_model=_flag(env, "SAGEMAKER_MULTI_MODEL", False),
-            model_memory_mb=_number(env, "SAGE_KMEANS_MODEL_MEMORY_MB", 0.0, "MB"),
+            **numbers,
         )

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +44,13 @@ _FORMATS = {
 # pyarrow reads ahead several blocks: big blocks parse fastest, small ones bound memory.
 LOAD_BLOCK_BYTES = 16 << 20
 STREAM_BLOCK_BYTES = 1 << 20
+RECENT_BLOCKS = 4  # Pipe mode keeps this many blocks of recent text, to locate a bad row
 # Plain CSV files (or parts of one) this large are parsed in PARALLEL_PARTS ranges at once.
 PARALLEL_MIN_BYTES = 64 << 20
 PARALLEL_PARTS = max(1, min(8, os.cpu_count() or 1))
 PARALLEL_BLOCK_BYTES = 256 << 10
 GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
 
 
 class DataError(ValueError):
@@ -189,7 +191,7 @@ def format_of(path: Path, reading: Reading) -> str:
         return fmt
     with path.open("rb") as probe:
         magic = probe.read(4)
-    return {b"PAR1": PARQUET, recordio.MAGIC_BYTES: RECORDIO}.get(magic, CSV)
+    return {PARQUET_MAGIC: PARQUET, recordio.MAGIC_BYTES: RECORDIO}.get(magic, CSV)
 
 
 def is_gzip(path: Path) -> bool:
@@ -239,25 +241,31 @@ def _file_layout(path: Path, reading: Reading) -> tuple[int, bool]:
         return _layout([stream.readline(), stream.readline()], reading, path.name)
 
 
+def _first_bad_row(
+    text: Iterable[str], source: str, first_line: int, skip_first: bool, columns: int
+) -> str | None:
+    """What is wrong with the first row of `text` that cannot be read, if one cannot."""
+    for line_number, row in enumerate(csv.reader(text), start=first_line):
+        if (line_number == first_line and skip_first) or not row:
+            continue
+        if len(row) != columns:
+            return (
+                f"{source} line {line_number}: {len(row)} columns, expected {columns} "
+                "(rows must all have the same number of columns)"
+            )
+        for column, cell in enumerate(row, start=1):
+            try:
+                float(cell) if cell.strip() else None
+            except ValueError:
+                return f"{source} line {line_number}, column {column}: {cell!r} is not a number"
+    return None
+
+
 def _diagnose(path: Path, header: bool, columns: int) -> str:
     """Locate the first cell pyarrow could not read, for a precise message."""
     with _open(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as text:
-        for line_number, row in enumerate(csv.reader(text), start=1):
-            if (line_number == 1 and header) or not row:
-                continue
-            if len(row) != columns:
-                return (
-                    f"{path.name} line {line_number}: {len(row)} columns, expected {columns} "
-                    "(rows must all have the same number of columns)"
-                )
-            for column, cell in enumerate(row, start=1):
-                try:
-                    float(cell) if cell.strip() else None
-                except ValueError:
-                    return (
-                        f"{path.name} line {line_number}, column {column}: {cell!r} is not a number"
-                    )
-    return f"{path.name}: could not be read as CSV"
+        found = _first_bad_row(text, path.name, 1, header, columns)
+    return found or f"{path.name}: could not be read as CSV"
 
 
 def _numbered(batches: Iterator[pa.RecordBatch], origin: Origin) -> Iterator[Block]:
@@ -431,6 +439,38 @@ class _Prefixed(io.RawIOBase):
         return self.stream.readinto(buffer)
 
 
+class _Recent(io.RawIOBase):
+    """A stream that keeps the whole lines among the last `keep` or more bytes read from
+    it, and the line number of the first one kept: a stream cannot be read twice, and
+    pyarrow reads ahead of the rows it has returned, so this is where the row it could
+    not read is found."""
+
+    def __init__(self, stream: io.RawIOBase, keep: int) -> None:
+        self.stream, self.keep = stream, keep
+        self.kept = bytearray()
+        self.first_line = 1
+        self.ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = self.stream.readinto(buffer)
+        self.ended = not size
+        self.kept += memoryview(buffer)[:size]
+        if len(self.kept) > 2 * self.keep:
+            cut = self.kept.find(b"\n", len(self.kept) - self.keep) + 1
+            if cut:
+                self.first_line += self.kept.count(b"\n", 0, cut)
+                del self.kept[:cut]
+        return size
+
+    def lines(self) -> list[str]:
+        """The kept lines; the last one only if it is whole or the stream has ended."""
+        end = len(self.kept) if self.ended else self.kept.rfind(b"\n") + 1
+        return self.kept[:end].decode("utf-8", "replace").splitlines(keepends=True)
+
+
 def pipe_blocks(fifo: Path, reading: Reading, wait_seconds: float, block_bytes: int):
     """One pass of a Pipe-mode channel: the FIFO <channel>_<epoch>, read to its end."""
     deadline = time.monotonic() + wait_seconds
@@ -441,9 +481,12 @@ def pipe_blocks(fifo: Path, reading: Reading, wait_seconds: float, block_bytes: 
                 f"the job asked for more passes (epochs) than the channel delivered"
             )
         time.sleep(0.05)
+    parquet = f"channel {reading.channel!r}: Parquet cannot stream in Pipe mode; use CSV"
     if reading.content_type is not None and format_of(fifo, reading) == PARQUET:
-        raise DataError(f"channel {reading.channel!r}: Parquet cannot stream in Pipe mode; use CSV")
+        raise DataError(parquet)
     with fifo.open("rb") as raw:
+        if raw.peek(4)[:4] == PARQUET_MAGIC:  # undeclared: its first bytes say so
+            raise DataError(parquet)
         stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
         declared = reading.content_type.essence if reading.content_type else None
         if declared == RECORDIO or (declared is None and raw.peek(4)[:4] == recordio.MAGIC_BYTES):
@@ -451,7 +494,7 @@ def pipe_blocks(fifo: Path, reading: Reading, wait_seconds: float, block_bytes: 
             return
         first = [stream.readline(), stream.readline()]
         columns, header = _layout(first, reading, fifo.name)
-        source = _Prefixed(b"".join(first), stream)
+        source = _Recent(_Prefixed(b"".join(first), stream), keep=RECENT_BLOCKS * block_bytes)
         reader = _csv_reader(source, columns, header, reading, block_bytes)
         first_line = 1 + int(header)
         try:
@@ -459,7 +502,11 @@ def pipe_blocks(fifo: Path, reading: Reading, wait_seconds: float, block_bytes: 
                 first_line = block.origin.first_line + len(block.rows)
                 yield block
         except pa.ArrowInvalid as error:
-            raise DataError(f"{fifo.name} near line {first_line}: {error}") from None
+            kept_from = source.first_line
+            found = _first_bad_row(
+                source.lines(), fifo.name, kept_from, header and kept_from == 1, columns
+            )
+            raise DataError(found or f"{fifo.name} after line {first_line - 1}: {error}") from None
 
 
 # --- Parquet and RecordIO -----------------------------------------------------------------
@@ -484,9 +531,11 @@ def parquet_blocks(part: Part, reading: Reading, block_bytes: int) -> Iterator[B
 
 
 def _to_rows(batch: pa.RecordBatch) -> np.ndarray:
-    """Columns -> row-major float32 rows, missing cells as NaN (in Arrow's C++, fast)."""
+    """Columns -> row-major float32 rows, missing cells as NaN (in Arrow's C++, fast).
+    Each number becomes the nearest float32, as the same number written in CSV does: an
+    integer beyond 2^24 that float32 cannot hold is rounded (Arrow's safe cast refuses it)."""
     if any(column.type != pa.float32() for column in batch.schema):
-        columns = [column.cast(pa.float32()) for column in batch.columns]
+        columns = [column.cast(pa.float32(), safe=False) for column in batch.columns]
         batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
     return np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
 

@@ -327,8 +327,7 @@ def main() -> int:
     try:
         env = Environment.read()
     except SettingError as error:
-        log.error("training failed: %s", error)
-        return EXIT_INPUT_ERROR
+        return _fail(Paths.read(), str(error))
     paths = env.paths
     paths.failure.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -33,6 +33,7 @@ from slow_estimator import SLEEP, write_model
 from test_serve import alive
 
 from kmeans import supervisor
+from kmeans.environment import NUMERIC_SETTINGS
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None,
@@ -302,13 +303,9 @@ BAD_SETTINGS = (
 
 def test_the_bad_settings_cover_the_environment_table() -> None:
     """Every setting kmeans/environment.py parses as an integer, number or flag is here."""
+    integers = {v for s in NUMERIC_SETTINGS if s.unit is None for v in s.variables}
+    numbers = {v for s in NUMERIC_SETTINGS if s.unit is not None for v in s.variables}
     source = (ROOT / "kmeans" / "environment.py").read_text()
-    integers = {
-        n
-        for group in re.findall(r"_int\(\s*env,\s*\(([^)]*)\)", source)
-        for n in re.findall(r'"(\w+)"', group)
-    }
-    numbers = set(re.findall(r'_(?:seconds|number)\(env, "(\w+)"', source))
     flags = set(re.findall(r'_flag\(env, "(\w+)"', source))
     assert (integers, numbers, flags) == (set(INTEGERS), set(NUMBERS), set(FLAGS))
 
