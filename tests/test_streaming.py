@@ -16,6 +16,7 @@ import joblib
 import numpy as np
 import pytest
 from conftest import TRAIN, entrypoint_env, make_job, run_train
+from oracles import matched_centre_distances
 
 CENTRES = np.array([[0, 0, 0], [10, 10, 10], [0, 10, 0], [10, 0, 10]], dtype=float)
 
@@ -73,6 +74,22 @@ def inertia(base: Path, rows: np.ndarray) -> float:
     return float(-estimator.score(rows))
 
 
+def assert_the_centres_found(found: np.ndarray, within: float = 0.5) -> None:
+    """Each of CENTRES has its own found centre within `within` (one-to-one)."""
+    distances = matched_centre_distances(found, CENTRES)
+    assert distances.max() < within, (distances, found)
+
+
+def test_the_centre_check_refuses_a_cluster_found_twice() -> None:
+    """Two clusters each found twice: every column, sorted alone, is the expected one
+    (what this file once compared), but two expected centres are left without a match."""
+    degenerate = CENTRES[[0, 0, 1, 1]] + 0.01
+    np.testing.assert_allclose(np.sort(degenerate, axis=0), np.sort(CENTRES, axis=0), atol=0.3)
+    with pytest.raises(AssertionError):
+        assert_the_centres_found(degenerate)
+    assert_the_centres_found(CENTRES[[3, 1, 0, 2]] + 0.01)  # any order, close: found
+
+
 PIPE = {"train": {"TrainingInputMode": "Pipe", "ContentType": "text/csv"}}
 
 
@@ -94,8 +111,8 @@ def test_pipe_mode_reads_one_fifo_per_epoch(tmp_path: Path) -> None:
     ]
     for epoch in (1, 2, 3):
         assert f"epoch {epoch}/3 done: 20000 rows" in result.stdout
-    found = np.sort(joblib.load(base / "model" / "model.joblib").cluster_centers_, axis=0)
-    np.testing.assert_allclose(found, np.sort(CENTRES, axis=0), atol=0.3)
+    found = joblib.load(base / "model" / "model.joblib").cluster_centers_
+    assert_the_centres_found(found)
     assert summary(base)["rows"] == 20000
 
 
