@@ -3,6 +3,10 @@ parsing, on the Content-Encoding inflater and on the whole Flask app; then HTTP-
 (schemathesis) on the running server, against openapi.yaml. Whatever comes in, the
 answer is a result or a 4xx with one line of JSON: never a traceback, never a 5xx.
 
+The decoder, Accept and inflater properties also check each answer against an oracle
+(tests/oracles.py: reference readers of each format, RFC 9110's Accept rules, zlib's own
+inflating), and a mutation test beside each shows the check failing on a broken version.
+
 `make test` runs a fixed, small sample of each (derandomized: the same every run);
 `make reliability` runs SAGE_KMEANS_FUZZ_EXAMPLES random examples each and reports them.
 """
@@ -240,6 +244,9 @@ def readable_requests(draw) -> tuple[str, bytes, int]:
 # --- properties --------------------------------------------------------------------------
 
 
+Decode = Callable[[bytes, str, int], np.ndarray]
+
+
 def check_decoded(decode: Decode, content_type: str, body: bytes, features: int) -> str:
     """`decode`'s answer against the reference parser's (tests/oracles.py) for the formats
     it covers: the same float64 rows, or a refusal of a body it refuses too; for any type,
@@ -266,9 +273,6 @@ def check_decoded(decode: Decode, content_type: str, body: bytes, features: int)
     assert refusal is None, f"refused ({refusal}) where the reference reads {expected.tolist()}"
     np.testing.assert_array_equal(rows, expected)
     return outcome
-
-
-Decode = Callable[[bytes, str, int], np.ndarray]
 
 
 DECODE_REQUESTS = st.one_of(requests_of(), readable_requests())
