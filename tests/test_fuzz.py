@@ -3,6 +3,10 @@ parsing, on the Content-Encoding inflater and on the whole Flask app; then HTTP-
 (schemathesis) on the running server, against openapi.yaml. Whatever comes in, the
 answer is a result or a 4xx with one line of JSON: never a traceback, never a 5xx.
 
+The decoder, Accept and inflater properties also check each answer against an oracle
+(tests/oracles.py: reference readers of each format, RFC 9110's Accept rules, zlib's own
+inflating), and a mutation test beside each shows the check failing on a broken version.
+
 `make test` runs a fixed, small sample of each (derandomized: the same every run);
 `make reliability` runs SAGE_KMEANS_FUZZ_EXAMPLES random examples each and reports them.
 """
@@ -17,10 +21,12 @@ import logging
 import os
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import oracles
 import protobuf_records
 import pytest
 import requests
@@ -34,7 +40,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from kmeans import decoders, encoders, model, predictor
-from kmeans.content_types import ALIASES, MediaType, parse_accept
+from kmeans.content_types import ALIASES, RECORDIO, MediaType, parse_accept
 from kmeans.environment import Environment
 
 EXAMPLES = int(os.environ.get("SAGE_KMEANS_FUZZ_EXAMPLES", "0"))
@@ -189,23 +195,132 @@ def requests_of(draw, width: int | None = None) -> tuple[str, bytes, int]:
     return content_type, body, features
 
 
+@st.composite
+def readable_requests(draw) -> tuple[str, bytes, int]:
+    """(Content-Type, body, features) of a body that holds rows, in the ways clients write
+    them: numbers in several spellings, headers, labels, the JSON shapes, .npy dtypes."""
+    features = draw(WIDTHS)
+    number = st.sampled_from([str, repr, lambda v: f" {v:.4g} ", lambda v: f'"{v}"'])
+    rows = draw(
+        st.lists(st.lists(FINITE, min_size=features, max_size=features), min_size=1, max_size=MANY)
+    )
+    kind = draw(st.sampled_from(["csv", "json", "jsonlines", "npy"]))
+    if kind == "csv":
+        spell = draw(number)
+        parameters = draw(st.sampled_from(["", "; header=present", "; label_size=1"]))
+        lines = [",".join(spell(v) for v in row) for row in rows]
+        if "label" in parameters:
+            lines = [f"{index % 3},{line}" for index, line in enumerate(lines)]
+        if "header" in parameters:
+            lines.insert(0, ",".join(f"f{i}" for i in range(features)))
+        newline = draw(st.sampled_from(["\n", "\r\n"]))
+        body = (newline.join(lines) + draw(st.sampled_from(["", newline]))).encode()
+        return draw(st.sampled_from(FORMATS["csv"][1])) + parameters, body, features
+    if kind == "npy":
+        dtype = draw(st.sampled_from([np.float64, np.float32]))
+        buffer = io.BytesIO()
+        array = np.array(rows, dtype)
+        np.save(buffer, array[0] if len(rows) == 1 and draw(st.booleans()) else array)
+        return "application/x-npy", buffer.getvalue(), features
+    shape = draw(st.sampled_from(["instances-features", "instances", "list", "sparse"]))
+    if shape == "sparse":
+        records = [
+            {
+                "data": {
+                    "features": {"keys": list(range(features)), "values": r, "shape": [features]}
+                }
+            }
+            for r in rows
+        ]
+    else:
+        records = [{"features": r} for r in rows] if shape == "instances-features" else rows
+    if kind == "jsonlines":
+        body = "\n".join(json.dumps(record) for record in records)
+        return draw(st.sampled_from(FORMATS["json"][1][1:])), body.encode(), features
+    document = {"instances": records} if shape != "list" else records
+    return "application/json", json.dumps(document).encode(), features
+
+
 # --- properties --------------------------------------------------------------------------
 
 
-@FUZZ
-@given(request=requests_of())
-def test_decoders_give_finite_rows_or_one_line_refusals(request: tuple[str, bytes, int]) -> None:
-    content_type, body, features = request
+Decode = Callable[[bytes, str, int], np.ndarray]
+
+
+def check_decoded(decode: Decode, content_type: str, body: bytes, features: int) -> str:
+    """`decode`'s answer against the reference parser's (tests/oracles.py) for the formats
+    it covers: the same float64 rows, or a refusal of a body it refuses too; for any type,
+    finite rows of the model's width or a one-line refusal. Returns the outcome."""
     try:
-        rows = decoders.decode(body, content_type, features)
+        rows = decode(body, content_type, features)
     except (decoders.DecodeError, decoders.UnsupportedMediaType) as error:
         assert str(error) and "\n" not in str(error).strip()
-        OUTCOMES["decoders", type(error).__name__] += 1
-        return
-    assert isinstance(rows, np.ndarray) and rows.dtype == np.float64
-    assert rows.ndim == 2 and rows.shape[0] >= 1 and rows.shape[1] == features
-    assert np.isfinite(rows).all()
-    OUTCOMES["decoders", "rows"] += 1
+        refusal: Exception | None = error
+    else:
+        refusal = None
+        assert isinstance(rows, np.ndarray) and rows.dtype == np.float64
+        assert rows.ndim == 2 and rows.shape[0] >= 1 and rows.shape[1] == features
+        assert np.isfinite(rows).all()
+    outcome = type(refusal).__name__ if refusal else "rows"
+    try:
+        expected = oracles.reference_rows(body, content_type, features)
+    except oracles.Refused as why:
+        assert refusal is not None, f"decoded {rows.tolist()} where the reference refuses: {why}"
+        assert not isinstance(refusal, decoders.UnsupportedMediaType), refusal
+        return outcome
+    if expected is None:  # a type the reference does not read (RecordIO, unknown types)
+        return outcome + " (no reference)"
+    assert refusal is None, f"refused ({refusal}) where the reference reads {expected.tolist()}"
+    np.testing.assert_array_equal(rows, expected)
+    return outcome
+
+
+DECODE_REQUESTS = st.one_of(requests_of(), readable_requests())
+
+
+@FUZZ
+@given(request=DECODE_REQUESTS)
+def test_decoders_give_the_reference_rows_or_one_line_refusals(
+    request: tuple[str, bytes, int],
+) -> None:
+    content_type, body, features = request
+    OUTCOMES["decoders", check_decoded(decoders.decode, content_type, body, features)] += 1
+    media = MediaType.parse(content_type)
+    if media.essence == "text/csv":  # the one-record path the server tries first
+        record = decoders.one_csv_record(body, media, features)
+        if record is not None:
+            expected = oracles.reference_rows(body, content_type, features)
+            assert expected is not None and expected.tolist() == [record], (record, expected)
+            OUTCOMES["decoders", "one CSV record"] += 1
+
+
+def test_the_decoder_check_catches_rows_of_zeros() -> None:
+    def zeros(body: bytes, content_type: str, features: int) -> np.ndarray:
+        return np.zeros_like(decoders.decode(body, content_type, features))
+
+    assert_caught(lambda request: check_decoded(zeros, *request), DECODE_REQUESTS)
+
+
+MUTANT_HUNT = settings(FUZZ, phases=[Phase.generate], report_multiple_bugs=False)
+
+
+def assert_caught(check: Callable, strategy: st.SearchStrategy) -> None:
+    """`check`, run on the property's examples with a broken version of the code under
+    test, reports a failure (an AssertionError) within the property's sample."""
+    caught: list[AssertionError] = []
+
+    @MUTANT_HUNT
+    @given(example=strategy)
+    def hunt(example) -> None:
+        try:
+            check(example)
+        except AssertionError as error:
+            caught.append(error)
+            raise
+
+    with pytest.raises(AssertionError):
+        hunt()
+    assert caught, "the broken version passed every example"
 
 
 ACCEPTS = st.one_of(
@@ -234,47 +349,174 @@ def test_media_types_parse_any_text(header: str) -> None:
     OUTCOMES["media types", "parsed"] += 1
 
 
-@FUZZ
-@given(
-    accept=ACCEPTS,
-    request_type=st.sampled_from([*MEDIA_TYPES, "x/y"]),
-    default=st.sampled_from(["", *encoders.ENCODERS, "text/html"]),
+# Well-formed Accept headers (RFC 9110's grammar), so that most examples get a verdict.
+RANGES = st.sampled_from(
+    [*encoders.ENCODERS, "*/*", "text/*", "application/*", "image/png", "text/html"]
 )
-def test_accept_picks_an_encoder_or_refuses(accept: str, request_type: str, default: str) -> None:
+WEIGHTS = st.sampled_from(["", ";q=0", ";q=0.0", ";q=0.5", ";q=0.25", ";q=1", ";q=1.0", ";q=0.001"])
+WELL_FORMED_ACCEPTS = st.lists(
+    st.tuples(RANGES, WEIGHTS, st.sampled_from(["", " "])),
+    min_size=1,
+    max_size=5,
+    unique_by=lambda element: element[0],  # each range once: the RFC then decides every case
+).map(lambda elements: ", ".join(kind + space + q for kind, q, space in elements))
+ACCEPT_REQUESTS = st.tuples(
+    st.one_of(ACCEPTS, WELL_FORMED_ACCEPTS, WELL_FORMED_ACCEPTS),  # 2 in 3: a verdict
+    st.sampled_from([*MEDIA_TYPES, "x/y"]),
+    st.sampled_from(["", *encoders.ENCODERS, "text/html"]),
+)
+Choose = Callable[[str, str, str], str]
+
+
+def check_choice(
+    choose: Choose, accept: str, request_type: str, default: str, exempt_known_bug: bool = True
+) -> str:
+    """`choose`'s answer type against RFC 9110's reading of Accept (tests/oracles.py): the
+    weight of a type is that of the most specific range naming it, q=0 refuses it. The
+    answer must be one of the most wanted types with a weight above 0, and a refusal
+    (406) must mean that Accept wants none. Headers outside the RFC's grammar get no
+    verdict beyond "an encoder or a refusal". Returns the outcome."""
     try:
-        chosen = encoders.choose(accept, request_type, default)
+        chosen = choose(accept, request_type, default)
     except encoders.NotAcceptable:
-        OUTCOMES["accept", "NotAcceptable"] += 1
-        return
-    assert chosen in encoders.ENCODERS
-    OUTCOMES["accept", "chosen"] += 1
+        chosen = None
+    assert chosen is None or chosen in encoders.ENCODERS, chosen
+    outcome = "NotAcceptable" if chosen is None else "chosen"
+    ranges = oracles.parse_accept_strictly(accept)
+    if not ranges:  # outside the grammar, or no range at all
+        return outcome + " (no verdict)"
+    weights = {kind: oracles.acceptability(ranges, kind) for kind in encoders.ENCODERS}
+    if None in weights.values():
+        return outcome + " (no verdict: a type weighed twice)"
+    if (
+        exempt_known_bug
+        and KNOWN_OVERRIDE_BUG
+        and oracles.overridden(ranges, list(encoders.ENCODERS))
+    ):
+        # choose() ranks ranges by q alone (see the xfail test below): here, only that
+        # the answer is wanted by some range, and a refusal means no range wants any.
+        if chosen is None:
+            assert not any(oracles.wanted_by_some_range(ranges, k) for k in encoders.ENCODERS)
+        else:
+            assert oracles.wanted_by_some_range(ranges, chosen), (chosen, accept)
+        return outcome + " (a range overridden)"
+    best = max(weights.values())
+    if chosen is None:
+        assert best == 0, f"Accept {accept!r} refused, but it weighs {weights}"
+    else:
+        assert weights[chosen] > 0, f"{chosen} for Accept {accept!r}, which refuses it"
+        assert weights[chosen] == best, f"{chosen} for Accept {accept!r}, which weighs {weights}"
+    return outcome
+
+
+# encoders.choose ranks Accept's ranges by q alone, so a more specific range does not
+# override a wildcard for the type it names, as RFC 9110 says it does; q=0 is dropped
+# before matching, so `text/csv;q=0, */*` can still answer CSV. Until that is fixed, the
+# property gives such headers the weaker check above; set this to False with the fix.
+KNOWN_OVERRIDE_BUG = True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in kmeans/encoders.choose: a more specific Accept range (q=0 included) does "
+    "not override a wildcard; when fixed, set KNOWN_OVERRIDE_BUG = False",
+)
+@pytest.mark.parametrize(
+    "accept, request_type, default",
+    [
+        ("text/csv;q=0, */*", "text/csv", ""),  # CSV refused, anything else wanted
+        ("application/json;q=0, application/*", "text/csv", ""),
+        ("application/*, application/x-recordio-protobuf;q=0.5", "*/*", RECORDIO),
+    ],
+)
+def test_a_more_specific_accept_range_overrides_a_wildcard(
+    accept: str, request_type: str, default: str
+) -> None:
+    check_choice(encoders.choose, accept, request_type, default, exempt_known_bug=False)
+
+
+@FUZZ
+@given(request=ACCEPT_REQUESTS)
+def test_accept_picks_the_most_wanted_encoder_or_refuses(request: tuple[str, str, str]) -> None:
+    OUTCOMES["accept", check_choice(encoders.choose, *request)] += 1
+
+
+def test_the_accept_check_catches_a_choice_that_ignores_accept() -> None:
+    def deaf(accept: str, request_type: str, default: str) -> str:
+        return encoders.choose("", request_type, default)
+
+    assert_caught(lambda request: check_choice(deaf, *request), ACCEPT_REQUESTS)
 
 
 CODINGS = {"gzip": gzip.compress, "deflate": zlib.compress}
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def zlib_inflated(body: bytes, coding: str) -> bytes | None:
+    """zlib's own reading of a body (RFC 9110's codings): gzip is one or more gzip members
+    (RFC 1952), deflate one zlib stream (RFC 1950) or, as some clients send it, one raw
+    deflate stream; None if the bytes are not that. An empty body holds nothing."""
+    parts = []
+    while body:
+        for wbits in (WBITS[coding], -zlib.MAX_WBITS) if coding == "deflate" else (WBITS[coding],):
+            inflater = zlib.decompressobj(wbits)
+            try:
+                part = inflater.decompress(body) + inflater.flush()
+            except zlib.error:
+                continue
+            if inflater.eof:
+                break
+        else:
+            return None
+        parts.append(part)
+        body = inflater.unused_data
+        if body and coding == "deflate":
+            return None  # bytes after the stream's end
+    return b"".join(parts)
+
+
+Inflate = Callable[[bytes, str, int], bytes]
+
+
+def check_inflated(inflate: Inflate, data: bytes, coding: str, compress: bool, limit: int) -> str:
+    """`inflate`'s answer against zlib's: the same bytes when they fit in `limit`; 413 when
+    they do not; 400 (or 413) for bytes zlib does not read. Returns the outcome."""
+    body = CODINGS[coding](data) if compress else data
+    expected = zlib_inflated(body, coding)
+    try:
+        inflated = inflate(body, coding, limit)
+    except predictor.RequestError as error:
+        if expected is None:
+            assert error.status in (400, 413), error.status
+        else:
+            assert error.status == 413, f"{error.status} for valid {coding} data: {error}"
+            assert len(expected) > limit, f"413 for {len(expected)} bytes, limit {limit}"
+        return str(error.status)
+    assert expected is not None, f"inflated {inflated[:40]!r} from bytes zlib refuses"
+    assert len(expected) <= limit, f"{len(expected)} bytes passed a limit of {limit}"
+    assert inflated == expected
+    return "inflated"
+
+
+INFLATE_REQUESTS = st.tuples(
+    st.binary(max_size=3000),
+    st.sampled_from(sorted(CODINGS)),
+    st.booleans(),
+    st.integers(1, 4000),
+)
 
 
 @FUZZ
-@given(
-    data=st.binary(max_size=3000),
-    coding=st.sampled_from(sorted(CODINGS)),
-    compress=st.booleans(),
-    limit=st.integers(1, 4000),
-)
-def test_inflating_is_bounded_and_exact(
-    data: bytes, coding: str, compress: bool, limit: int
-) -> None:
-    body = CODINGS[coding](data) if compress else data
-    try:
-        inflated = predictor._inflate(body, coding, limit)
-    except predictor.RequestError as error:
-        assert error.status in (400, 413)
-        assert error.status == 413 or not compress or not data
-        OUTCOMES["inflate", str(error.status)] += 1
-        return
-    assert len(inflated) <= limit
-    if compress:
-        assert inflated == data
-    OUTCOMES["inflate", "inflated"] += 1
+@given(request=INFLATE_REQUESTS)
+def test_inflating_is_bounded_and_exact(request: tuple[bytes, str, bool, int]) -> None:
+    OUTCOMES["inflate", check_inflated(predictor._inflate, *request)] += 1
+
+
+def test_the_inflate_check_catches_an_inflater_that_refuses_everything() -> None:
+    def refuse(body: bytes, coding: str, limit: int) -> bytes:
+        raise predictor.RequestError(413, "request body too large")
+
+    assert_caught(lambda request: check_inflated(refuse, *request), INFLATE_REQUESTS)
 
 
 @pytest.fixture(scope="module")

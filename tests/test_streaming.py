@@ -1,10 +1,12 @@
 """Mini-batch training, Pipe mode, checkpoints and SIGTERM, with `kmeans/train` run as
 SageMaker runs it. Pipe mode is emulated as SageMaker does it: a FIFO per pass
 (`train_0`, `train_1`, ...) created and written by another process, in small writes
-with pauses, records split across writes."""
+with pauses, records split across writes. Every job's metric lines are checked against
+msd and ssd computed from the saved centres and the data (tests/oracles.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -16,6 +18,14 @@ import joblib
 import numpy as np
 import pytest
 from conftest import TRAIN, entrypoint_env, make_job, run_train
+from oracles import (
+    FULL_BATCH,
+    LAST_PASS,
+    assert_metric_lines,
+    matched_centre_distances,
+    metric_lines,
+    model_metrics,
+)
 
 CENTRES = np.array([[0, 0, 0], [10, 10, 10], [0, 10, 0], [10, 0, 10]], dtype=float)
 
@@ -46,6 +56,11 @@ def csv_bytes(rows: np.ndarray) -> bytes:
     return (buffer + "\n").encode()
 
 
+def as_written(rows: np.ndarray) -> np.ndarray:
+    """The rows as csv_bytes writes them (4 decimals): what training reads."""
+    return np.loadtxt(io.BytesIO(csv_bytes(rows)), delimiter=",", ndmin=2)
+
+
 def start_writer(base: Path, channel: str, epochs: int, payload: bytes) -> subprocess.Popen:
     source = base / f"{channel}.payload"
     source.write_bytes(payload)
@@ -73,6 +88,22 @@ def inertia(base: Path, rows: np.ndarray) -> float:
     return float(-estimator.score(rows))
 
 
+def assert_the_centres_found(found: np.ndarray, within: float = 0.5) -> None:
+    """Each of CENTRES has its own found centre within `within` (one-to-one)."""
+    distances = matched_centre_distances(found, CENTRES)
+    assert distances.max() < within, (distances, found)
+
+
+def test_the_centre_check_refuses_a_cluster_found_twice() -> None:
+    """Two clusters each found twice: every column, sorted alone, is the expected one
+    (what this file once compared), but two expected centres are left without a match."""
+    degenerate = CENTRES[[0, 0, 1, 1]] + 0.01
+    np.testing.assert_allclose(np.sort(degenerate, axis=0), np.sort(CENTRES, axis=0), atol=0.3)
+    with pytest.raises(AssertionError):
+        assert_the_centres_found(degenerate)
+    assert_the_centres_found(CENTRES[[3, 1, 0, 2]] + 0.01)  # any order, close: found
+
+
 PIPE = {"train": {"TrainingInputMode": "Pipe", "ContentType": "text/csv"}}
 
 
@@ -94,9 +125,10 @@ def test_pipe_mode_reads_one_fifo_per_epoch(tmp_path: Path) -> None:
     ]
     for epoch in (1, 2, 3):
         assert f"epoch {epoch}/3 done: 20000 rows" in result.stdout
-    found = np.sort(joblib.load(base / "model" / "model.joblib").cluster_centers_, axis=0)
-    np.testing.assert_allclose(found, np.sort(CENTRES, axis=0), atol=0.3)
+    found = joblib.load(base / "model" / "model.joblib").cluster_centers_
+    assert_the_centres_found(found)
     assert summary(base)["rows"] == 20000
+    assert_metric_lines(result.stdout, base / "model", as_written(rows), train_rel=LAST_PASS)
 
 
 def test_pipe_mode_gzip_and_a_test_channel(tmp_path: Path) -> None:
@@ -113,8 +145,13 @@ def test_pipe_mode_gzip_and_a_test_channel(tmp_path: Path) -> None:
     result = run_train(base, SAGE_KMEANS_PIPE_WAIT_SECONDS="20")
     assert result.returncode == 0, result.stdout + result.stderr
     assert all(writer.wait(10) == 0 for writer in writers)
-    line = next(line for line in result.stdout.splitlines() if "test ssd" in line)
-    assert float(line.split("=")[-1]) == pytest.approx(inertia(base, held_out), rel=1e-4)
+    metrics = metric_lines(result.stdout)
+    assert set(metrics) == {"train msd", "train ssd", "test ssd"}, metrics
+    expected = model_metrics(base / "model", as_written(held_out))["ssd"]
+    assert metrics["test ssd"] == pytest.approx(expected, rel=FULL_BATCH)
+    # One pass: its chunks were scored while the model was still learning, so the train
+    # metrics have no final-centres equivalent; they still describe the same 5,000 rows.
+    assert metrics["train ssd"] == pytest.approx(metrics["train msd"] * 5000, rel=FULL_BATCH)
 
 
 def test_a_missing_next_fifo_fails_after_the_bound(tmp_path: Path) -> None:
@@ -223,11 +260,28 @@ def test_file_mode_streaming_matches_full_batch_quality(tmp_path: Path) -> None:
     files = {"train/a.csv": csv_bytes(rows), "test/b.csv": csv_bytes(held_out)}
     stream = make_job(tmp_path / "s", {"k": "4", "mini_batch_size": "1000", "epochs": "2"}, files)
     full = make_job(tmp_path / "f", {"k": "4"}, files)
-    for base in (stream, full):
+    for base, rel in ((stream, LAST_PASS), (full, FULL_BATCH)):
         result = run_train(base)
         assert result.returncode == 0, result.stdout
-        assert "test msd" in result.stdout
+        model, train, test = base / "model", as_written(rows), as_written(held_out)
+        assert_metric_lines(result.stdout, model, train, test, train_rel=rel)
     assert inertia(stream, held_out) == pytest.approx(inertia(full, held_out), rel=0.02)
+
+
+def test_mini_batch_with_standardize_reports_metrics_on_the_model_s_scale(tmp_path: Path) -> None:
+    """Features on scales 1, 10 and 100: the metrics are distances between standardized
+    rows (the scaler fitted on the first chunk) and the centres, as the model serves."""
+    rows, held_out = blobs(20000) * [1, 10, 100], blobs(2000, seed=4) * [1, 10, 100]
+    files = {"train/a.csv": csv_bytes(rows), "test/b.csv": csv_bytes(held_out)}
+    hyperparameters = {"k": "4", "mini_batch_size": "1000", "epochs": "2", "standardize": "true"}
+    base = make_job(tmp_path, hyperparameters | {"eval_metrics": '["msd", "ssd"]'}, files)
+    result = run_train(base)
+    assert result.returncode == 0, result.stdout + result.stderr
+    model, train, test = base / "model", as_written(rows), as_written(held_out)
+    assert "mean" in np.load(model / "model.npz").files
+    assert_metric_lines(result.stdout, model, train, test, ("msd", "ssd"), train_rel=LAST_PASS)
+    saved = np.load(model / "model.npz")
+    assert_the_centres_found((saved["centres"] * saved["scale"] + saved["mean"]) / [1, 10, 100])
 
 
 def test_every_progress_line_gives_the_mean_squared_distance(tmp_path: Path) -> None:
@@ -237,10 +291,13 @@ def test_every_progress_line_gives_the_mean_squared_distance(tmp_path: Path) -> 
     assert result.returncode == 0, result.stdout
     assert "nan" not in result.stdout.lower()
     progress = [line for line in result.stdout.splitlines() if " INFO epoch " in line]
-    assert sum(" done:" in line for line in progress) == 3, progress
-    for line in progress:
-        msd = float(line.rpartition("msd of its batches ")[2])
-        assert 0 < msd < 10, line  # blobs of unit variance in 3 features: about 3
+    done = [line for line in progress if " done:" in line]
+    assert len(done) == 3, progress
+    rows = as_written(blobs(12000))
+    assert_metric_lines(result.stdout, base / "model", rows, train_rel=LAST_PASS)
+    # The last pass's line measures what the train msd measures, the same way.
+    last_pass_msd = float(done[-1].rpartition("msd of its batches ")[2])
+    assert last_pass_msd == pytest.approx(metric_lines(result.stdout)["train msd"], rel=FULL_BATCH)
 
 
 def test_sigterm_stops_a_full_batch_job_promptly(tmp_path: Path) -> None:

@@ -1,4 +1,6 @@
-"""`kmeans/train` run as SageMaker runs it, against temporary /opt/ml trees."""
+"""`kmeans/train` run as SageMaker runs it, against temporary /opt/ml trees: SDK
+encodings, input formats, failures, and the metric lines checked against msd and ssd
+computed here from the saved centres and the data."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import IRIS, make_job, run_train
+from oracles import assert_metric_lines, model_metrics
 
 IRIS_ROWS = np.loadtxt(IRIS, delimiter=",")
 CSV_CHANNEL = {"train": {"TrainingInputMode": "File", "ContentType": "text/csv"}}
@@ -32,14 +35,6 @@ def parquet_bytes(rows: np.ndarray) -> bytes:
 
 def model_files(base: Path) -> list[str]:
     return sorted(p.name for p in (base / "model").iterdir())
-
-
-def metric_lines(log: str) -> dict[str, float]:
-    return {
-        line.split(", ", 1)[1].split(" <loss>=")[0]: float(line.split("<loss>=")[1])
-        for line in log.splitlines()
-        if line.startswith("#quality_metric: host=algo-1, ")
-    }
 
 
 @pytest.mark.parametrize(
@@ -65,8 +60,8 @@ def test_every_sdk_encoding_trains_the_same_model(tmp_path: Path, hyperparameter
     assert metadata["hyperparameters"]["init"] == "k-means++"
     assert metadata["hyperparameters"]["standardize"] is True
     assert set(metadata["versions"]) == {"python", "scikit-learn", "numpy", "joblib"}
-    metrics = metric_lines(result.stdout)
-    assert metrics["train msd"] == pytest.approx(metadata["metrics"]["train"]["msd"], rel=1e-5)
+    assert_metric_lines(result.stdout, base / "model", IRIS_ROWS, host="algo-1")
+    assert metadata["metrics"]["train"] == pytest.approx(model_metrics(base / "model", IRIS_ROWS))
     assert (base / "output" / "data" / "centers.csv").read_text().count("\n") == 3
     summary = json.loads((base / "output" / "data" / "summary.json").read_text())
     assert sum(summary["cluster_sizes"]) == 150
@@ -88,9 +83,19 @@ def test_nested_csv_gzip_and_parquet_with_a_test_channel(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout + result.stderr
     assert "loaded 150 rows x 4 features" in result.stdout
     assert "read as a header" in result.stdout  # the test file's header line
-    metrics = metric_lines(result.stdout)
-    assert set(metrics) == {"train msd", "train ssd", "test msd", "test ssd"}
-    assert metrics["test ssd"] == pytest.approx(metrics["test msd"] * 15, rel=1e-4)
+    model, test = base / "model", IRIS_ROWS[::10]
+    assert_metric_lines(result.stdout, model, IRIS_ROWS, test, ("msd", "ssd"), host="algo-1")
+    # The check refuses a metric printed from another value: here, ssd over n - 1 rows.
+    ssd = model_metrics(model, IRIS_ROWS)["ssd"]
+    shifted = "\n".join(
+        f"#quality_metric: host=algo-1, train msd <loss>={ssd / 149:.6g}"
+        if "train msd" in line
+        else line
+        for line in result.stdout.splitlines()
+    )
+    with pytest.raises(AssertionError):
+        assert_metric_lines(shifted, model, IRIS_ROWS, test, ("msd", "ssd"), host="algo-1")
+    assert ssd / 149 == pytest.approx(ssd / 150, rel=0.01)  # off by under 1 %: a near miss
 
 
 def test_label_columns_and_declared_header_are_dropped(tmp_path: Path) -> None:
