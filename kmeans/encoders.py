@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc  # loaded before the workers fork: shared, and no first-use wait
 
 from kmeans import recordio
-from kmeans.content_types import CSV, JSON, JSONLINES, RECORDIO, parse_accept
+from kmeans.content_types import CSV, JSON, JSONLINES, RECORDIO, MediaType
 
 _VECTOR_ROWS = 1000  # from about here Arrow's kernels beat a Python loop
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -125,10 +125,24 @@ def encode_one(accept: str, label: int, distance: float) -> bytes:
     return b"".join((head, template % label, text, end[:-1], tail))
 
 
+def _weight(ranges: list[MediaType], kind: str) -> tuple[float, int] | None:
+    """The q-value of the most specific range in Accept naming `kind` (RFC 9110: the
+    type itself, then `family/*`, then `*/*`), and that range's place in the header;
+    None when no range names it."""
+    family = kind.partition("/")[0]
+    for pattern in (kind, family + "/*", "*/*"):
+        for place, media in enumerate(ranges):
+            if media.essence == pattern:
+                return media.quality, place
+    return None
+
+
 @functools.lru_cache(maxsize=256)  # the same few header values arrive again and again
 def choose(accept: str, request_type: str, default_accept: str = "") -> str:
-    """The response media type: the best match in Accept; for none or a wildcard, the
-    configured default, else the request's own type when we can write it, else JSON."""
+    """The response media type: of the types Accept wants most (q above 0, weighed by the
+    most specific range naming each), the one named earliest in the header; for none or
+    a wildcard, the configured default, else the request's own type when we can write it,
+    else JSON."""
     fallback = next(
         (
             kind
@@ -139,14 +153,18 @@ def choose(accept: str, request_type: str, default_accept: str = "") -> str:
     )
     if not accept.strip():
         return fallback
-    for media in parse_accept(accept):
-        if media.essence in ENCODERS:
-            return media.essence
-        family, _, subtype = media.essence.partition("/")
-        if subtype == "*":
-            matches = [kind for kind in ENCODERS if family == "*" or kind.startswith(family + "/")]
-            if matches:
-                return fallback if fallback in matches else matches[0]
-    raise NotAcceptable(
-        f"cannot answer with Accept {accept!r}; this endpoint answers {', '.join(ENCODERS)}"
-    )
+    ranges = [MediaType.parse(part) for part in accept.split(",") if part.strip()]
+    best, best_rank = None, None
+    for kind in ENCODERS:
+        weight = _weight(ranges, kind)
+        if weight is None or weight[0] <= 0:
+            continue
+        quality, place = weight
+        rank = (quality, -place, kind == fallback)
+        if best_rank is None or rank > best_rank:
+            best, best_rank = kind, rank
+    if best is None:
+        raise NotAcceptable(
+            f"cannot answer with Accept {accept!r}; this endpoint answers {', '.join(ENCODERS)}"
+        )
+    return best

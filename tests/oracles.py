@@ -371,21 +371,3 @@ def acceptability(ranges: list[tuple[str, str, float]], media_type: str) -> floa
     most = max(level for level, _ in matching)
     weights = {weight for level, weight in matching if level == most}
     return weights.pop() if len(weights) == 1 else None
-
-
-def overridden(ranges: list[tuple[str, str, float]], media_types: list[str]) -> bool:
-    """True when, for one of `media_types`, a more specific range gives another weight
-    than a wildcard that also matches it (`application/json;q=0, application/*`)."""
-    for media_type in media_types:
-        kind, _, subtype = media_type.partition("/")
-        names = {(kind, subtype), (kind, "*"), ("*", "*")}
-        if len({weight for *name, weight in ranges if tuple(name) in names}) > 1:
-            return True
-    return False
-
-
-def wanted_by_some_range(ranges: list[tuple[str, str, float]], media_type: str) -> bool:
-    """Some range matching `media_type` (at any specificity) has a weight above 0."""
-    kind, _, subtype = media_type.partition("/")
-    names = {(kind, subtype), (kind, "*"), ("*", "*")}
-    return any(weight > 0 for *name, weight in ranges if tuple(name) in names)

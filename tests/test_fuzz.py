@@ -368,9 +368,7 @@ ACCEPT_REQUESTS = st.tuples(
 Choose = Callable[[str, str, str], str]
 
 
-def check_choice(
-    choose: Choose, accept: str, request_type: str, default: str, exempt_known_bug: bool = True
-) -> str:
+def check_choice(choose: Choose, accept: str, request_type: str, default: str) -> str:
     """`choose`'s answer type against RFC 9110's reading of Accept (tests/oracles.py): the
     weight of a type is that of the most specific range naming it, q=0 refuses it. The
     answer must be one of the most wanted types with a weight above 0, and a refusal
@@ -388,18 +386,6 @@ def check_choice(
     weights = {kind: oracles.acceptability(ranges, kind) for kind in encoders.ENCODERS}
     if None in weights.values():
         return outcome + " (no verdict: a type weighed twice)"
-    if (
-        exempt_known_bug
-        and KNOWN_OVERRIDE_BUG
-        and oracles.overridden(ranges, list(encoders.ENCODERS))
-    ):
-        # choose() ranks ranges by q alone (see the xfail test below): here, only that
-        # the answer is wanted by some range, and a refusal means no range wants any.
-        if chosen is None:
-            assert not any(oracles.wanted_by_some_range(ranges, k) for k in encoders.ENCODERS)
-        else:
-            assert oracles.wanted_by_some_range(ranges, chosen), (chosen, accept)
-        return outcome + " (a range overridden)"
     best = max(weights.values())
     if chosen is None:
         assert best == 0, f"Accept {accept!r} refused, but it weighs {weights}"
@@ -409,18 +395,6 @@ def check_choice(
     return outcome
 
 
-# encoders.choose ranks Accept's ranges by q alone, so a more specific range does not
-# override a wildcard for the type it names, as RFC 9110 says it does; q=0 is dropped
-# before matching, so `text/csv;q=0, */*` can still answer CSV. Until that is fixed, the
-# property gives such headers the weaker check above; set this to False with the fix.
-KNOWN_OVERRIDE_BUG = True
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in kmeans/encoders.choose: a more specific Accept range (q=0 included) does "
-    "not override a wildcard; when fixed, set KNOWN_OVERRIDE_BUG = False",
-)
 @pytest.mark.parametrize(
     "accept, request_type, default",
     [
@@ -432,7 +406,7 @@ KNOWN_OVERRIDE_BUG = True
 def test_a_more_specific_accept_range_overrides_a_wildcard(
     accept: str, request_type: str, default: str
 ) -> None:
-    check_choice(encoders.choose, accept, request_type, default, exempt_known_bug=False)
+    check_choice(encoders.choose, accept, request_type, default)
 
 
 @FUZZ
