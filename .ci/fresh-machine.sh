@@ -29,7 +29,7 @@ git log --oneline -1
 step "make demo"
 make demo
 
-step "make test"
-SAGE_KMEANS_REQUIRE_NOTEBOOK=1 make test
+step "make test (coverage of kmeans/ measured and reported)"
+SAGE_KMEANS_REQUIRE_NOTEBOOK=1 make test COVERAGE=1
 
 step

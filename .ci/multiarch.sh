@@ -62,6 +62,6 @@ docker build --platform linux/arm64 -t "$image_arm64" . >"$work/build.log" 2>&1 
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' sage-kmeans
 
 step "tests/test_multiarch.py (arm64 image required)"
-SAGE_KMEANS_IMAGE_ARM64=$image_arm64 SAGE_KMEANS_REQUIRE_CONTAINER=1 \
+SAGE_KMEANS_IMAGE_ARM64=$image_arm64 SAGE_KMEANS_REQUIRE_CONTAINER=1 SAGE_KMEANS_REQUIRE_ARM64=1 \
     make test PYTEST_ARGS=tests/test_multiarch.py
 step "done"

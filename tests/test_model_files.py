@@ -17,7 +17,18 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from conftest import IRIS, ROOT, SAMPLE, SERVE, entrypoint_env, free_port, make_job, run_train
+from conftest import (
+    IRIS,
+    REQUIRE_TMPFS,
+    ROOT,
+    SAMPLE,
+    SERVE,
+    entrypoint_env,
+    free_port,
+    make_job,
+    run_train,
+    skip_or_fail,
+)
 from figures import record
 from test_serve import request_bodies
 
@@ -261,11 +272,17 @@ def needs_mount() -> str | None:
 
 
 MOUNT_PROBLEM = needs_mount() if sys.platform.startswith("linux") else "Linux only"
-_mountable = pytest.mark.skipif(MOUNT_PROBLEM is not None, reason=str(MOUNT_PROBLEM))
+
+
+@pytest.fixture
+def mountable() -> None:
+    """Skip where no tmpfs can be mounted; fail instead with SAGE_KMEANS_REQUIRE_TMPFS=1."""
+    if MOUNT_PROBLEM is not None:
+        skip_or_fail(MOUNT_PROBLEM, REQUIRE_TMPFS)
 
 
 def needs_root(test):  # marked `host`: .ci/run's fresh-machine container cannot mount
-    return pytest.mark.host(_mountable(test))
+    return pytest.mark.host(pytest.mark.usefixtures("mountable")(test))
 
 
 BLOBS = np.random.default_rng(7).normal(size=(6000, 8)) + np.repeat(np.eye(8) * 9, 750, axis=0)

@@ -4,10 +4,12 @@ a real registry (Debian's docker-registry on loopback), from which each architec
 by that name and run.
 
 Image: $SAGE_KMEANS_IMAGE_ARM64, an arm64 build of this checkout (.ci/multiarch.sh makes one and
-runs this file). Without it these tests skip; with it, SAGE_KMEANS_REQUIRE_CONTAINER=1 turns a
-missing engine or registry into a failure. The push test builds both architectures through
-build_and_push.sh, so the engine must find debian:bookworm-slim for each: on Docker Hub, or on
-the registry mirror that .ci/multiarch.sh serves in CI.
+runs this file). Without it these tests skip, unless SAGE_KMEANS_REQUIRE_ARM64=1 (which
+.ci/multiarch.sh sets): then they fail. SAGE_KMEANS_REQUIRE_CONTAINER=1 or
+SAGE_KMEANS_REQUIRE_ARM64=1 turns a missing engine or registry into a failure. The push test
+builds both architectures through build_and_push.sh, so the engine must find
+debian:bookworm-slim for each: on Docker Hub, or on the registry mirror that .ci/multiarch.sh
+serves in CI.
 """
 
 import json
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REQUIRE_CONTAINER, ROOT, docker, engine_problem, skip_or_fail
+from conftest import REQUIRE_ARM64, REQUIRE_CONTAINER, ROOT, docker, engine_problem, skip_or_fail
 from test_container import QUALITY_METRIC, fresh_test_dir, serve_predict_and_stop, train
 from test_shell_scripts import FAKE_AWS
 
@@ -33,10 +35,13 @@ MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}  # Docker's names -> platform.
 def arm64_image() -> str:
     tag = os.environ.get("SAGE_KMEANS_IMAGE_ARM64")
     if not tag:
-        pytest.skip("SAGE_KMEANS_IMAGE_ARM64 is not set (.ci/multiarch.sh builds and tests one)")
+        skip_or_fail(
+            "SAGE_KMEANS_IMAGE_ARM64 is not set (.ci/multiarch.sh builds and tests one)",
+            REQUIRE_ARM64,
+        )
     problem = engine_problem()
     if problem:
-        skip_or_fail(f"no Docker engine reachable ({problem})", REQUIRE_CONTAINER)
+        skip_or_fail(f"no Docker engine reachable ({problem})", REQUIRE_CONTAINER, REQUIRE_ARM64)
     found = docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", tag)
     assert found.returncode == 0, f"SAGE_KMEANS_IMAGE_ARM64={tag} is not a local image"
     assert found.stdout.strip() == "linux/arm64", f"{tag} is {found.stdout.strip()}"
@@ -71,6 +76,7 @@ def registry(tmp_path: Path) -> Iterator[str]:
         skip_or_fail(
             "docker-registry is not installed (Debian: apt-get install docker-registry)",
             REQUIRE_CONTAINER,
+            REQUIRE_ARM64,
         )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
