@@ -21,12 +21,12 @@ from conftest import (
     IRIS,
     REQUIRE_TMPFS,
     ROOT,
-    SAMPLE,
     SERVE,
     entrypoint_env,
     free_port,
     make_job,
     run_train,
+    sample_job,
     skip_or_fail,
 )
 from figures import record
@@ -39,7 +39,7 @@ ROWS = np.loadtxt(IRIS, delimiter=",")
 
 
 def trained_job(base: Path, hyperparameters: dict[str, str]) -> Path:
-    shutil.copytree(SAMPLE, base)
+    sample_job(base)
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     result = run_train(base)
     assert result.returncode == 0, result.stdout + result.stderr
