@@ -90,9 +90,19 @@ def train(root: Path, name: str, hyperparameters: dict, files=None, channels=Non
     return Trained(base, result.stdout)
 
 
-def refused(root: Path, hyperparameters: dict, files=None, channels=None, **env: str) -> str:
-    """Run a job that must fail as bad input: its output/failure, checked to be one line."""
+def refused(
+    root: Path,
+    hyperparameters: dict,
+    files=None,
+    channels=None,
+    earlier_failure: str | None = None,
+    **env: str,
+) -> str:
+    """Run a job that must fail as bad input: its output/failure, checked to be one line
+    (`earlier_failure`: a failure file left by an earlier job, which must be replaced)."""
     base = make_job(root, hyperparameters, files or UNIFORM_CSV, channels)
+    if earlier_failure is not None:
+        (base / "output" / "failure").write_text(earlier_failure)
     result = run_train(base, **env)
     assert result.returncode == 1, result.stdout
     assert model_files(base) == []
@@ -124,15 +134,14 @@ def test_the_settings_table_holds_every_numeric_setting() -> None:
 def test_a_bad_numeric_setting_fails_train_in_one_line(
     tmp_path: Path, variable: str, setting, value: str
 ) -> None:
-    (tmp_path / "output").mkdir()
-    (tmp_path / "output" / "failure").write_text("a failure from an earlier job\n")
     if setting.unit is None and setting.maximum is not None:
         accepted = f"an integer from {setting.minimum} to {setting.maximum}"
     elif setting.unit is None:
         accepted = f"an integer ≥ {setting.minimum}"
     else:
         accepted = f"a number of {setting.unit} ≥ {setting.minimum}"
-    line = refused(tmp_path, {"k": "3"}, **{variable: value})
+    earlier = "a failure from an earlier job\n"
+    line = refused(tmp_path, {"k": "3"}, earlier_failure=earlier, **{variable: value})
     assert line == f"{variable} must be {accepted}, got {value!r}"
 
 
