@@ -32,25 +32,45 @@ compile() {  # compile IN OUT ARCH [FLAGS...]
         --generate-hashes --python-version 3.11.2 --python-platform "$arch-manylinux_2_36" \
         --custom-compile-command ".ci/lock.sh" "$@" -o "$output" "$input"
 }
+without_hashes() { grep -v -- '--hash=sha256:' "$1" | sed 's/ \\$//'; }
+hashes() { grep -o 'sha256:[0-9a-f]*' "$1" | sort -u; }
 stale=0
 for each in "${locks[@]}"; do
     name=${each%%:*} lock=${each#*:}
     if [[ $mode == --check ]]; then
+        was_stale=$stale stale=0
         for arch in x86_64 aarch64; do
-            cp "$lock" "$work/$name-$arch.txt" 2>/dev/null || : >"$work/$name-$arch.txt"
+            # Seeded with the lock's pins (kept while they satisfy the .in) but not its hashes,
+            # which uv would carry over: they are fetched from PyPI afresh.
+            without_hashes "$lock" >"$work/$name-$arch.txt" 2>/dev/null || : >"$work/$name-$arch.txt"
             compile "requirements/$name.in" "$work/$name-$arch.txt" "$arch"
-            if ! diff -u "$lock" "$work/$name-$arch.txt" >"$work/diff"; then
+            # Stale: any pin or comment differs, or a hash in the lock is no longer PyPI's.
+            # A file PyPI added to a pinned version since (a wheel for a new Python) is only
+            # reported: the lock still installs.
+            if ! diff -u <(without_hashes "$lock") <(without_hashes "$work/$name-$arch.txt") >"$work/diff"; then
                 echo "lock.sh: $lock is stale against requirements/$name.in for $arch (run .ci/lock.sh):"
                 head -n 40 "$work/diff"
                 stale=1
             fi
+            gone=$(comm -23 <(hashes "$lock") <(hashes "$work/$name-$arch.txt") | wc -l)
+            added=$(comm -13 <(hashes "$lock") <(hashes "$work/$name-$arch.txt") | wc -l)
+            if [[ $gone != 0 ]]; then
+                echo "lock.sh: $lock: $gone of its hashes are not among PyPI's files for $arch (run .ci/lock.sh)"
+                stale=1
+            fi
+            if [[ $added != 0 && $arch == x86_64 ]]; then
+                echo "lock.sh: $lock: PyPI lists $added files more for its pins; .ci/lock.sh would add their hashes"
+            fi
         done
         packages=$(grep -cE '^[a-z0-9]' "$lock")
         hashes=$(grep -c -- '--hash=sha256:' "$lock")
-        echo "lock.sh: $lock: $packages packages, $hashes file hashes, fresh for x86_64 and aarch64"
+        [[ $stale == 1 ]] || echo "lock.sh: $lock: $packages packages, $hashes file hashes, fresh for x86_64 and aarch64"
+        [[ $was_stale == 0 ]] || stale=1
     else
         flags=()
         [[ $mode == --upgrade ]] && flags=(--upgrade)
+        # Its pins as the starting point, not its hashes (uv would keep them unchecked).
+        if [[ -f $lock ]]; then without_hashes "$lock" >"$work/seed.txt" && cp "$work/seed.txt" "$lock"; fi
         compile "requirements/$name.in" "$lock" x86_64 ${flags[@]+"${flags[@]}"}
         echo "lock.sh: wrote $lock ($(grep -cE '^[a-z0-9]' "$lock") packages)"
     fi
