@@ -10,13 +10,22 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
-COPY requirements.txt /tmp/requirements.txt
+# The lock: every package pinned with PyPI's sha256 of each of its files (.ci/lock.sh), so pip
+# refuses any file the index serves under those names but another hash. Kept in the venv: its
+# sha256 is the lock digest that train records in model.json and serve logs. pip's report of
+# what it installed (each wheel's name and sha256) stays beside it for the SBOM (.ci/sbom.py).
+COPY requirements.txt /opt/venv/requirements.txt
 # The libraries' own test suites (pandas, scipy, numpy...) are a sixth of the venv and never run here.
+# Compiled after (all, ensurepip's pip too), with hash-based .pyc files, so two builds of one commit
+# install the same bytes (a timestamp .pyc holds its source file's mtime, the install time).
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --only-binary=:all: -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-compile \
+        --require-hashes --no-deps --only-binary=:all: -r /opt/venv/requirements.txt \
+        --report /opt/venv/pip-install-report.json \
     && find /opt/venv/lib/python3.11/site-packages -mindepth 2 -type d -name tests -prune \
-        -exec rm -rf {} +
+        -exec rm -rf {} + \
+    && /opt/venv/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
+        /opt/venv/lib/python3.11/site-packages >/dev/null
 
 # Final stage: python3, nginx, the venv and the code; no pip cache, no build tools.
 FROM debian:bookworm-slim
@@ -26,8 +35,11 @@ LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
       org.opencontainers.image.title=sage-kmeans \
       org.opencontainers.image.description="SageMaker BYOC: scikit-learn K-Means, train and serve"
 # nginx logs go to the container log; its default paths are root's, so serve points it at a temp dir.
-# hadolint ignore=DL3008
+# The base image's packages are upgraded first: the base lags Debian's security fixes (.ci/audit.py
+# fails on a pending one).
+# hadolint ignore=DL3005,DL3008
 RUN apt-get update \
+    && apt-get upgrade -y --no-install-recommends \
     && apt-get install -y --no-install-recommends python3 nginx \
     && rm -rf /var/lib/apt/lists/* \
     && ln -sf /dev/stdout /var/log/nginx/access.log \
@@ -46,3 +58,13 @@ RUN sed -i 's/\r$//' kmeans/train kmeans/serve kmeans/entrypoint \
     && /opt/venv/bin/python -m compileall -q kmeans
 # `train` or `serve` as SageMaker passes them; no argument: see kmeans/entrypoint.
 ENTRYPOINT ["/opt/program/kmeans/entrypoint"]
+# Provenance, last so that a new commit rebuilds no layer: the OCI labels, and the same identity
+# for train (model.json) and serve (its start log). build_and_push.sh and CI fill them from git.
+ARG SAGE_KMEANS_REVISION="" SAGE_KMEANS_VERSION="" SAGE_KMEANS_CREATED=""
+LABEL org.opencontainers.image.revision=$SAGE_KMEANS_REVISION \
+      org.opencontainers.image.version=$SAGE_KMEANS_VERSION \
+      org.opencontainers.image.created=$SAGE_KMEANS_CREATED
+ENV SAGE_KMEANS_REVISION=$SAGE_KMEANS_REVISION \
+    SAGE_KMEANS_VERSION=$SAGE_KMEANS_VERSION \
+    SAGE_KMEANS_CREATED=$SAGE_KMEANS_CREATED \
+    SAGE_KMEANS_LOCK=/opt/venv/requirements.txt

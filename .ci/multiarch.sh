@@ -57,9 +57,13 @@ fi
 
 step "docker build --platform linux/arm64 -t $image_arm64"
 # As build_and_push.sh builds it, so that its build in the tests finds every layer cached.
-docker build --platform linux/arm64 -t "$image_arm64" . >"$work/build.log" 2>&1 \
-    || { tail -n 60 "$work/build.log"; exit 1; }
+mapfile -t provenance < <(.ci/supply.sh build-args)
+docker build --platform linux/arm64 "${provenance[@]/#/--build-arg=}" -t "$image_arm64" . \
+    >"$work/build.log" 2>&1 || { tail -n 60 "$work/build.log"; exit 1; }
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' sage-kmeans
+
+step "SBOM of $image_arm64"
+.ci/supply.sh sbom "$image_arm64" arm64
 
 step "tests/test_multiarch.py (arm64 image required)"
 SAGE_KMEANS_IMAGE_ARM64=$image_arm64 SAGE_KMEANS_REQUIRE_CONTAINER=1 SAGE_KMEANS_REQUIRE_ARM64=1 \

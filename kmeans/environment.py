@@ -7,6 +7,8 @@ package reads os.environ.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -168,6 +170,22 @@ class Environment:
     runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
     multi_model: bool = False  # a multi-model endpoint: the /models API, no model at start
     model_memory_mb: float = 0.0  # multi-model: what loaded models may take; 0: half the RAM
+    # The image's identity (the Dockerfile sets these from its build arguments; a native run
+    # has none) and the lock its venv was installed from.
+    revision: str = ""
+    version: str = ""
+    created: str = ""
+    lock_file: str = ""
+
+    def provenance(self) -> dict[str, str | None]:
+        """Which build this is: git revision, version and build time of the image, and the
+        sha256 of the lock (requirements.txt) it installed; None for what is not known."""
+        lock_sha256 = None
+        if self.lock_file:
+            with contextlib.suppress(OSError):  # unknown then: provenance never stops a job
+                lock_sha256 = hashlib.sha256(Path(self.lock_file).read_bytes()).hexdigest()
+        known = {"revision": self.revision, "version": self.version, "created": self.created}
+        return {**{key: value or None for key, value in known.items()}, "lock_sha256": lock_sha256}
 
     @classmethod
     def read(cls, env: dict[str, str] | None = None) -> Environment:
@@ -187,4 +205,9 @@ class Environment:
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
             multi_model=_flag(env, "SAGEMAKER_MULTI_MODEL", False),
             **numbers,
+            **{
+                field: env.get(f"SAGE_KMEANS_{field.upper()}", "").strip()
+                for field in ("revision", "version", "created")
+            },
+            lock_file=env.get("SAGE_KMEANS_LOCK", "").strip(),
         )

@@ -154,6 +154,11 @@ class Supervisor:
             ],
             signal.SIGQUIT,
         )
+        image = self.env.provenance()
+        log.info(
+            "image revision %s, version %s, created %s, lock sha256 %s",
+            *(image[key] or "unknown" for key in ("revision", "version", "created", "lock_sha256")),
+        )
         log.info(
             "serving on %s:%d with %d workers (timeout %d s, body limit %d MB)",
             self.env.host,

@@ -267,6 +267,7 @@ def _finish(
         "rows": result["rows"],
         "hosts": result["hosts"],
         "training_job_name": env.training_job_name or None,
+        "image": env.provenance(),
     }
     paths.output_data.mkdir(parents=True, exist_ok=True)
     np.savetxt(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up what `make demo` and `make test` need on this machine, doing only what is missing:
-#   venv   .venv with requirements-dev.txt (reinstalled when a requirements file changes)
+#   venv   .venv with requirements-dev.txt, the lock with every file's sha256 (reinstalled when
+#          a lock changes; pip refuses a file whose hash the lock does not list)
 #   nginx  the web server in front of `serve` (installed with apt-get when running as root)
 #   curl   what predict.sh sends requests with (likewise)
 #   wrk    the load generator of the benchmarks (likewise)
@@ -38,7 +39,8 @@ setup_venv() {
         "$python" -m venv "$venv"
     fi
     say "installing requirements-dev.txt into .venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$top/requirements-dev.txt"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes \
+        -r "$top/requirements-dev.txt"
     echo "$want" >"$venv/.requirements"
 }
 

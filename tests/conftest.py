@@ -306,7 +306,7 @@ def notebook_python(*flags: str) -> Path:
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     steps = [[sys.executable, "-m", "venv", "--clear", str(NOTEBOOK_VENV)]]
     steps = steps if not python.exists() else []
-    steps.append([*pip, "-r", str(NOTEBOOK_REQUIREMENTS)])
+    steps.append([*pip, "--require-hashes", "-r", str(NOTEBOOK_REQUIREMENTS)])
     for step in steps:
         problem = None
         try:
