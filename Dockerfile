@@ -56,6 +56,10 @@ COPY kmeans kmeans
 RUN sed -i 's/\r$//' kmeans/train kmeans/serve kmeans/entrypoint \
     && chmod 755 kmeans/train kmeans/serve kmeans/entrypoint \
     && /opt/venv/bin/python -m compileall -q kmeans
+# The algorithm the image trains, and serves model folders that do not name one: a
+# package of kmeans/algorithms/ (docs/bring-your-own-model.md).
+ARG ALGORITHM=kmeans
+ENV SAGE_KMEANS_ALGORITHM=$ALGORITHM
 # `train` or `serve` as SageMaker passes them; no argument: see kmeans/entrypoint.
 ENTRYPOINT ["/opt/program/kmeans/entrypoint"]
 # Provenance, last so that a new commit rebuilds no layer: the OCI labels, and the same identity

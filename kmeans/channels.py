@@ -213,20 +213,34 @@ def _part_bytes(part: Part) -> int:
 def load(channel: Channel, parts: list[Part] | None = None) -> np.ndarray:
     """The records of a channel (by default all of it; else `parts` of it, which may hold
     none) as one C-contiguous float32 array."""
+    return _load(channel, parts, channel.reading).finish()
+
+
+def load_labelled(channel: Channel) -> formats.Labelled:
+    """The records of a channel with their labels: CSV's and Parquet's first `label_size`
+    columns (the ContentType's parameter), RecordIO-protobuf's `label` map. Read by the
+    serial readers (the parallel CSV loader drops labels)."""
+    reading = formats.Reading(channel.name, channel.content_type, keep_labels=True)
+    matrix = _load(channel, None, reading)
+    labels = matrix.labels(channel.name)
+    return formats.Labelled(matrix.finish(), labels)
+
+
+def _load(channel: Channel, parts: list[Part] | None, reading: formats.Reading) -> formats.Matrix:
     shared = parts is not None
     parts = share(channel) if parts is None else parts
-    reading = channel.reading
     matrix = formats.Matrix()
     for part in parts:
         with _reading(part.path.name):
             plain = part.every == 1 and formats.is_plain_csv(part.path, reading)
-            if plain and _part_bytes(part) >= formats.PARALLEL_MIN_BYTES:
+            big = plain and _part_bytes(part) >= formats.PARALLEL_MIN_BYTES
+            if big and not reading.keep_labels:
                 formats.load_csv_parallel(part, reading, matrix)
                 continue
             for block in formats.part_blocks(part, reading, formats.LOAD_BLOCK_BYTES):
                 matrix.append(block)
-    data = matrix.finish()
-    if data.shape[0] == 0 and not shared:
+    data = matrix.data[: matrix.rows]
+    if matrix.rows == 0 and not shared:
         raise DataError(f"channel {channel.name!r} has files but no records")
     step = max(1, (8 << 20) // max(1, data.shape[1]))
     bad_rows, first = 0, None
@@ -238,4 +252,4 @@ def load(channel: Channel, parts: list[Part] | None = None) -> np.ndarray:
     if first:
         row, column, value = first
         raise DataError(formats.non_finite_message(bad_rows, matrix.where(row), column, value))
-    return data
+    return matrix

@@ -151,6 +151,18 @@ def _flag(env: dict[str, str], name: str, default: bool) -> bool:
     raise SettingError(f"{name} must be true or false, got {raw!r}")
 
 
+def _algorithm(env: dict[str, str]) -> str:
+    from kmeans.algorithms import DEFAULT, available
+
+    name = env.get("SAGE_KMEANS_ALGORITHM", "").strip() or DEFAULT
+    if name not in available():
+        raise SettingError(
+            f"SAGE_KMEANS_ALGORITHM must name one of this image's algorithms "
+            f"({', '.join(available())}), got {name!r}"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class Environment:
     """Settings from the environment, each with its default beside it."""
@@ -163,6 +175,7 @@ class Environment:
     max_payload_mb: int = 6
     default_accept: str = ""
     allow_pickle: bool = True  # serve may unpickle model.joblib when model.npz is absent
+    algorithm: str = "kmeans"  # kmeans/algorithms/<name>/: what train fits, serve's default
     training_job_name: str = ""
     pipe_wait_seconds: float = 60.0  # how long to wait for the next Pipe-mode FIFO
     checkpoint_seconds: float = 60.0  # the longest time between two checkpoints
@@ -201,6 +214,7 @@ class Environment:
             host=env.get("SAGEMAKER_BIND_TO_HOST") or "0.0.0.0",
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip(),
             allow_pickle=_flag(env, "SAGE_KMEANS_ALLOW_PICKLE", True),
+            algorithm=_algorithm(env),
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
             multi_model=_flag(env, "SAGEMAKER_MULTI_MODEL", False),

@@ -63,6 +63,7 @@ class Reading:
 
     channel: str
     content_type: MediaType | None = None
+    keep_labels: bool = False  # the algorithm trains on labels: read them, not drop them
 
     @property
     def label_size(self) -> int:
@@ -123,10 +124,12 @@ class Origin:
 
 @dataclass(frozen=True)
 class Block:
-    """Rows read from one source, and where the first one came from."""
+    """Rows read from one source, and where the first one came from; their labels too,
+    (rows, label count), when the Reading keeps them: numbers, or str objects from CSV."""
 
     origin: Origin
     rows: np.ndarray
+    labels: np.ndarray | None = None
 
     @property
     def source(self) -> str:
@@ -141,6 +144,7 @@ class Matrix:
     rows: int = 0
     data: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
     origins: list[tuple[int, Origin]] = field(default_factory=list)
+    label_blocks: list[np.ndarray] = field(default_factory=list)
 
     def reserve(self, rows: int, columns: int) -> None:
         """Room for `rows` in all: allocated once when the size is known up front."""
@@ -158,6 +162,31 @@ class Matrix:
             self.reserve(max(needed, int(len(self.data) * 1.5), 1024), block.rows.shape[1])
         self.data[self.rows : needed] = block.rows
         self.rows = needed
+        if block.labels is not None:
+            self.label_blocks.append(block.labels)
+
+    def labels(self, channel: str) -> np.ndarray:
+        """Every row's labels: float64 when every one is a number, else str objects. A
+        missing label is an error naming its row."""
+        if not self.label_blocks:
+            return np.empty((self.rows, 0))
+        joined = np.concatenate([b.astype(object) for b in self.label_blocks])
+        empty = np.flatnonzero(
+            [
+                v is None or (isinstance(v, float) and v != v) or not str(v).strip()
+                for v in joined.ravel()
+            ]
+        )
+        if len(empty):
+            row, column = divmod(int(empty[0]), joined.shape[1])
+            raise DataError(
+                f"channel {channel!r}: {len(empty)} rows have no label; first at "
+                f"{self.where(row)}, label column {column + 1}"
+            )
+        try:
+            return np.array([[float(v) for v in row] for row in joined], np.float64)
+        except ValueError:
+            return np.array([[str(v).strip() for v in row] for row in joined], dtype=object)
 
     def finish(self) -> np.ndarray:
         self.data.resize((self.rows, self.columns or 0), refcheck=False)
@@ -169,6 +198,14 @@ class Matrix:
             if row >= start:
                 return origin.where(row - start)
         return f"row {row + 1}"
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A channel's rows (float32, C-contiguous) and their labels (rows, label count)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
 
 
 def same_width(expected: int | None, width: int, source: str) -> int:
@@ -226,8 +263,8 @@ def _layout(lines: list[bytes], reading: Reading, source: str) -> tuple[int, boo
         raise DataError(f"{source}: no records")
     header = reading.header == "present" or (
         reading.header is None
-        and not _is_numeric(rows[0])
-        and (len(rows) == 1 or _is_numeric(rows[1]))
+        and not _is_numeric(rows[0][reading.label_size :])
+        and (len(rows) == 1 or _is_numeric(rows[1][reading.label_size :]))
     )
     if header and reading.header is None:
         log.info("%s: first line is not numeric, read as a header: %s", source, lines[0].strip())
@@ -242,9 +279,10 @@ def _file_layout(path: Path, reading: Reading) -> tuple[int, bool]:
 
 
 def _first_bad_row(
-    text: Iterable[str], source: str, first_line: int, skip_first: bool, columns: int
+    text: Iterable[str], source: str, first_line: int, skip_first: bool, columns: int, labels: int
 ) -> str | None:
-    """What is wrong with the first row of `text` that cannot be read, if one cannot."""
+    """What is wrong with the first row of `text` that cannot be read, if one cannot (its
+    first `labels` columns, labels, may hold anything)."""
     for line_number, row in enumerate(csv.reader(text), start=first_line):
         if (line_number == first_line and skip_first) or not row:
             continue
@@ -253,7 +291,7 @@ def _first_bad_row(
                 f"{source} line {line_number}: {len(row)} columns, expected {columns} "
                 "(rows must all have the same number of columns)"
             )
-        for column, cell in enumerate(row, start=1):
+        for column, cell in enumerate(row[labels:], start=labels + 1):
             try:
                 float(cell) if cell.strip() else None
             except ValueError:
@@ -261,32 +299,64 @@ def _first_bad_row(
     return None
 
 
-def _diagnose(path: Path, header: bool, columns: int) -> str:
+def _diagnose(path: Path, header: bool, columns: int, labels: int) -> str:
     """Locate the first cell pyarrow could not read, for a precise message."""
     with _open(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as text:
-        found = _first_bad_row(text, path.name, 1, header, columns)
+        found = _first_bad_row(text, path.name, 1, header, columns, labels)
     return found or f"{path.name}: could not be read as CSV"
 
 
-def _numbered(batches: Iterator[pa.RecordBatch], origin: Origin) -> Iterator[Block]:
-    """Arrow batches as blocks of rows, each with the source line of its first row."""
+def _numbered(
+    batches: Iterator[pa.RecordBatch], origin: Origin, label_size: int = 0
+) -> Iterator[Block]:
+    """Arrow batches as blocks of rows, each with the source line of its first row; the
+    first `label_size` columns, when given, are the rows' labels."""
     line = origin.first_line
     for batch in batches:
-        yield Block(Origin(origin.source, line, origin.path, origin.byte_start), _to_rows(batch))
+        where = Origin(origin.source, line, origin.path, origin.byte_start)
+        if label_size:
+            names = batch.schema.names
+            labels = np.column_stack([_label_values(batch.column(i)) for i in range(label_size)])
+            yield Block(where, _to_rows(batch.select(names[label_size:])), labels)
+        else:
+            yield Block(where, _to_rows(batch))
         line += batch.num_rows
+
+
+def _label_values(column: pa.Array) -> np.ndarray:
+    """A label column: numbers as float64 (NaN for none), anything else as str objects."""
+    if pa.types.is_integer(column.type) and column.null_count == 0:
+        return column.cast(pa.int64()).to_numpy()
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return np.array(["" if v is None else str(v) for v in column.to_pylist()], dtype=object)
+
+
+def _kept_labels(reading: Reading, source: str) -> int:
+    """How many leading columns are labels to read: label_size, when labels are kept."""
+    if not reading.keep_labels:
+        return 0
+    if reading.label_size == 0:
+        raise DataError(
+            f"channel {reading.channel!r} ({source}): this algorithm trains on labels; give "
+            "the channel's ContentType a label_size (text/csv;label_size=1: the first column)"
+        )
+    return reading.label_size
 
 
 def _csv_reader(source: object, columns: int, header: bool, reading: Reading, block_bytes: int):
     names = [f"c{i}" for i in range(columns)]
+    types = dict.fromkeys(names, pa.float32())
+    kept = names[reading.label_size :]
+    if reading.keep_labels:  # labels as written: names or numbers, decided over the channel
+        types.update(dict.fromkeys(names[: reading.label_size], pa.string()))
+        kept = names
     return pacsv.open_csv(
         source,
         read_options=pacsv.ReadOptions(
             column_names=names, skip_rows=int(header), block_size=block_bytes
         ),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.float32()),
-            include_columns=names[reading.label_size :],
-        ),
+        convert_options=pacsv.ConvertOptions(column_types=types, include_columns=kept),
     )
 
 
@@ -342,12 +412,13 @@ def _byte_range(descriptor: int, part: Part) -> tuple[int, int]:
 def csv_blocks(part: Part, reading: Reading, block_bytes: int) -> Iterator[Block]:
     path = part.path
     columns, header = _file_layout(path, reading)
+    labels = _kept_labels(reading, path.name)
     try:
         if part.start == 0 and part.end is None:
             compression = "gzip" if is_gzip(path) else None
             source = pa.input_stream(str(path), compression=compression)
             reader = _csv_reader(source, columns, header, reading, block_bytes)
-            yield from _numbered(reader, Origin(path.name, 1 + int(header)))
+            yield from _numbered(reader, Origin(path.name, 1 + int(header)), labels)
             return
         with path.open("rb") as stream:
             start, end = _byte_range(stream.fileno(), part)
@@ -357,9 +428,9 @@ def csv_blocks(part: Part, reading: Reading, block_bytes: int) -> Iterator[Block
             reader = _csv_reader(
                 _Range(stream.fileno(), start, end), columns, first, reading, block_bytes
             )
-            yield from _numbered(reader, Origin(path.name, 1 + int(first), path, start))
+            yield from _numbered(reader, Origin(path.name, 1 + int(first), path, start), labels)
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        raise DataError(_diagnose(path, header, columns)) from None
+        raise DataError(_diagnose(path, header, columns, reading.label_size)) from None
 
 
 def load_csv_parallel(part: Part, reading: Reading, matrix: Matrix) -> None:
@@ -405,7 +476,7 @@ def load_csv_parallel(part: Part, reading: Reading, matrix: Matrix) -> None:
         with ThreadPoolExecutor(len(ranges)) as pool:
             found = list(pool.map(parse, range(len(ranges))))
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        raise DataError(_diagnose(path, header, columns)) from None
+        raise DataError(_diagnose(path, header, columns, reading.label_size)) from None
     finally:
         os.close(descriptor)
     first_line = 1 + int(skip_header)
@@ -490,7 +561,7 @@ def pipe_blocks(fifo: Path, reading: Reading, wait_seconds: float, block_bytes: 
         stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
         declared = reading.content_type.essence if reading.content_type else None
         if declared == RECORDIO or (declared is None and raw.peek(4)[:4] == recordio.MAGIC_BYTES):
-            yield from _recordio_stream(stream, fifo.name, block_bytes)
+            yield from _recordio_stream(stream, fifo.name, block_bytes, reading.keep_labels)
             return
         first = [stream.readline(), stream.readline()]
         columns, header = _layout(first, reading, fifo.name)
@@ -498,13 +569,19 @@ def pipe_blocks(fifo: Path, reading: Reading, wait_seconds: float, block_bytes: 
         reader = _csv_reader(source, columns, header, reading, block_bytes)
         first_line = 1 + int(header)
         try:
-            for block in _numbered(reader, Origin(fifo.name, first_line)):
+            labels = _kept_labels(reading, fifo.name)
+            for block in _numbered(reader, Origin(fifo.name, first_line), labels):
                 first_line = block.origin.first_line + len(block.rows)
                 yield block
         except pa.ArrowInvalid as error:
             kept_from = source.first_line
             found = _first_bad_row(
-                source.lines(), fifo.name, kept_from, header and kept_from == 1, columns
+                source.lines(),
+                fifo.name,
+                kept_from,
+                header and kept_from == 1,
+                columns,
+                reading.label_size,
             )
             raise DataError(found or f"{fifo.name} after line {first_line - 1}: {error}") from None
 
@@ -518,16 +595,20 @@ def parquet_blocks(part: Part, reading: Reading, block_bytes: int) -> Iterator[B
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as error:
         raise DataError(f"{path.name}: not a readable Parquet file ({error})") from None
-    kept = parquet.schema_arrow.names[reading.label_size :]
+    labels = _kept_labels(reading, path.name)
+    names = parquet.schema_arrow.names
+    kept = names[reading.label_size :]
     for column in parquet.schema_arrow:
         numeric = pa.types.is_floating(column.type) or pa.types.is_integer(column.type)
         if column.name in kept and not numeric:
             raise DataError(
                 f"{path.name}: column {column.name!r} has type {column.type}, expected numbers"
             )
+    if labels:  # the first label_size columns, of any type
+        kept = names
     batch_rows = max(1024, block_bytes // (4 * max(1, len(kept))))
     batches = parquet.iter_batches(batch_size=batch_rows, columns=kept)
-    yield from _numbered(batches, Origin(path.name, 1))
+    yield from _numbered(batches, Origin(path.name, 1), labels)
 
 
 def _to_rows(batch: pa.RecordBatch) -> np.ndarray:
@@ -540,8 +621,11 @@ def _to_rows(batch: pa.RecordBatch) -> np.ndarray:
     return np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
 
 
-def _recordio_stream(stream: io.BufferedIOBase, source: str, block_bytes: int) -> Iterator[Block]:
-    """RecordIO-protobuf records, read a block at a time; a record may span two reads."""
+def _recordio_stream(
+    stream: io.BufferedIOBase, source: str, block_bytes: int, keep_labels: bool = False
+) -> Iterator[Block]:
+    """RecordIO-protobuf records, read a block at a time; a record may span two reads.
+    Labels, when kept, come from each Record's `label` map."""
     pending, first = b"", 1
     while True:
         chunk = stream.read(block_bytes)
@@ -549,10 +633,11 @@ def _recordio_stream(stream: io.BufferedIOBase, source: str, block_bytes: int) -
         try:
             payloads, used = recordio.frames(pending, complete=not chunk, first=first)
             rows = recordio.rows(payloads, first=first)
+            labels = recordio.labels(payloads, first=first) if keep_labels else None
         except recordio.RecordIOError as error:
             raise DataError(f"{source}: {error}") from None
         if payloads:
-            yield Block(Origin(source, first), rows.astype(np.float32))
+            yield Block(Origin(source, first), rows.astype(np.float32), labels)
             first += len(payloads)
         pending = pending[used:]
         if not chunk:
@@ -561,7 +646,7 @@ def _recordio_stream(stream: io.BufferedIOBase, source: str, block_bytes: int) -
 
 def recordio_blocks(part: Part, reading: Reading, block_bytes: int) -> Iterator[Block]:
     with part.path.open("rb") as stream:
-        yield from _recordio_stream(stream, part.path.name, block_bytes)
+        yield from _recordio_stream(stream, part.path.name, block_bytes, reading.keep_labels)
 
 
 _READERS = {CSV: csv_blocks, PARQUET: parquet_blocks, RECORDIO: recordio_blocks}
@@ -580,10 +665,12 @@ def every_nth(blocks: Iterator[Block], every: int, offset: int) -> Iterator[Bloc
     seen = 0
     for block in blocks:
         check_block(block)
-        kept = block.rows[(offset - seen) % every :: every]
+        chosen = slice((offset - seen) % every, None, every)
+        kept = block.rows[chosen]
         seen += len(block.rows)
         if len(kept):
-            yield Block(block.origin, np.ascontiguousarray(kept))
+            labels = None if block.labels is None else block.labels[chosen]
+            yield Block(block.origin, np.ascontiguousarray(kept), labels)
 
 
 # --- checks -------------------------------------------------------------------------------

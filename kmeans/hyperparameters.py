@@ -1,9 +1,11 @@
 """Hyperparameters: parse what any SageMaker client sends, validate, name every mistake.
 
-Values in hyperparameters.json are always strings, encoded differently by each SDK
-("3", "\\"k-means++\\"", "True", "true"). Each value is read with json.loads and falls back
-to the raw string. Both the built-in K-Means names and the scikit-learn names are
-accepted; two names for one setting must agree.
+The container's part, used by every algorithm: an algorithm declares its settings once,
+as a Table of Specs (kmeans/algorithms/kmeans/hyperparameters.py is one), and `parse`
+reads hyperparameters.json against it. Values there are always strings, encoded
+differently by each SDK ("3", "\\"k-means++\\"", "True", "true"). Each value is read with
+json.loads and falls back to the raw string. A setting may have several names (the
+built-in algorithm's and scikit-learn's); two names for one setting must agree.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _shown(raw: Any) -> str:
     return repr(raw) if isinstance(raw, str) else repr(json.dumps(raw))
 
 
-def _integer(minimum: int) -> Callable[[str, Any], int]:
+def integer(minimum: int) -> Callable[[str, Any], int]:
     def parse(name: str, raw: Any) -> int:
         value = _decode(raw)
         if isinstance(value, float) and value.is_integer():
@@ -46,7 +48,7 @@ def _integer(minimum: int) -> Callable[[str, Any], int]:
     return parse
 
 
-def _number(minimum: float) -> Callable[[str, Any], float]:
+def number(minimum: float) -> Callable[[str, Any], float]:
     def parse(name: str, raw: Any) -> float:
         value = _decode(raw)
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -58,7 +60,7 @@ def _number(minimum: float) -> Callable[[str, Any], float]:
     return parse
 
 
-def _choice(options: dict[str, str]) -> Callable[[str, Any], str]:
+def choice(options: dict[str, str]) -> Callable[[str, Any], str]:
     accepted = ", ".join(repr(option) for option in options)
 
     def parse(name: str, raw: Any) -> str:
@@ -70,7 +72,7 @@ def _choice(options: dict[str, str]) -> Callable[[str, Any], str]:
     return parse
 
 
-def _boolean(name: str, raw: Any) -> bool:
+def boolean(name: str, raw: Any) -> bool:
     value = _decode(raw)
     if isinstance(value, str):
         value = {"true": True, "false": False}.get(value.lower(), value)
@@ -79,14 +81,14 @@ def _boolean(name: str, raw: Any) -> bool:
     raise HyperparameterError(f"{name} must be true or false, got {_shown(raw)}")
 
 
-def _integer_or_auto(minimum: int) -> Callable[[str, Any], int | str]:
-    integer = _integer(minimum)
+def integer_or_auto(minimum: int) -> Callable[[str, Any], int | str]:
+    whole = integer(minimum)
 
     def parse(name: str, raw: Any) -> int | str:
         if str(_decode(raw)).lower() == "auto":
             return "auto"
         try:
-            return integer(name, raw)
+            return whole(name, raw)
         except HyperparameterError:
             message = f"{name} must be 'auto' or an integer ≥ {minimum}, got {_shown(raw)}"
             raise HyperparameterError(message) from None
@@ -94,102 +96,100 @@ def _integer_or_auto(minimum: int) -> Callable[[str, Any], int | str]:
     return parse
 
 
-METRICS = ("msd", "ssd")
+def names(options: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ...]]:
+    """A list drawn from `options`: JSON, "a,b", Python's str() of a list, or one name."""
 
+    def parse(name: str, raw: Any) -> tuple[str, ...]:
+        value = _decode(raw)
+        if isinstance(value, str):
+            value = [part.strip(" '\"") for part in value.strip("[]").split(",")]
+        if not isinstance(value, list) or not value or not all(v in options for v in value):
+            raise HyperparameterError(
+                f"{name} must be a list drawn from {list(options)} (or one name), got {_shown(raw)}"
+            )
+        return tuple(dict.fromkeys(value))
 
-def _metrics(name: str, raw: Any) -> tuple[str, ...]:
-    value = _decode(raw)
-    if isinstance(value, str):  # "msd", "msd,ssd" or Python's str() of a list
-        value = [part.strip(" '\"") for part in value.strip("[]").split(",")]
-    if not isinstance(value, list) or not value or not all(m in METRICS for m in value):
-        raise HyperparameterError(
-            f"{name} must be a list drawn from {list(METRICS)} (or one name), got {_shown(raw)}"
-        )
-    return tuple(dict.fromkeys(value))
-
-
-_INIT = {"kmeans++": "k-means++", "k-means++": "k-means++", "random": "random"}
+    return parse
 
 
 @dataclass(frozen=True)
-class _Spec:
+class Spec:
+    """One setting: its names (canonical first; the others are aliases that must agree
+    with it), how its value is read and checked, its default, a note logged when it is
+    given, and, for a required setting, what it is (said when it is missing)."""
+
     names: tuple[str, ...]
     parse: Callable[[str, Any], Any]
     default: Any = None
     note: str = ""
-
-
-# Canonical name first; the others are aliases that must agree with it.
-SPECS: dict[str, _Spec] = {
-    "k": _Spec(("k", "n_clusters"), _integer(2)),
-    "feature_dim": _Spec(("feature_dim",), _integer(1)),
-    "init": _Spec(("init_method", "init"), _choice(_INIT), "k-means++"),
-    "max_iter": _Spec(("local_lloyd_max_iter", "max_iter"), _integer(1), 300),
-    "tol": _Spec(("local_lloyd_tol", "tol"), _number(0.0), 1e-4),
-    "n_init": _Spec(("local_lloyd_num_trials", "n_init"), _integer_or_auto(1), "auto"),
-    "algorithm": _Spec(("algorithm",), _choice({"lloyd": "lloyd", "elkan": "elkan"}), "lloyd"),
-    "seed": _Spec(("random_state", "seed"), _integer(0), 0),
-    "mini_batch_size": _Spec(("mini_batch_size",), _integer(1)),
-    "epochs": _Spec(("epochs",), _integer(1), 1),
-    "eval_metrics": _Spec(("eval_metrics",), _metrics, ("msd",)),
-    "standardize": _Spec(("standardize",), _boolean, False),
-    # Accepted so that jobs written for the built-in algorithm run unchanged.
-    "local_lloyd_init_method": _Spec(
-        ("local_lloyd_init_method",), _choice(_INIT), note="built-in only; no effect here"
-    ),
-    "extra_center_factor": _Spec(
-        ("extra_center_factor",), _integer_or_auto(1), note="built-in only; no effect here"
-    ),
-    "half_life_time_size": _Spec(
-        ("half_life_time_size",), _integer(0), note="built-in only; no effect here"
-    ),
-}
-_IGNORED = ("force_dense", "_tuning_objective_metric")
-_KNOWN = {name: key for key, spec in SPECS.items() for name in spec.names}
+    required: str = ""
 
 
 @dataclass(frozen=True)
-class Hyperparameters:
-    """Validated settings for one training job."""
+class Settings:
+    """Validated settings for one training job: an algorithm subclasses this frozen
+    dataclass with one field per Spec (same key, same default)."""
 
-    k: int
-    feature_dim: int | None = None
-    init: str = "k-means++"
-    max_iter: int = 300
-    tol: float = 1e-4
-    n_init: int | str = "auto"
-    algorithm: str = "lloyd"
-    seed: int = 0
-    mini_batch_size: int | None = None
-    epochs: int = 1
-    eval_metrics: tuple[str, ...] = ("msd",)
-    standardize: bool = False
-    given: dict[str, Any] = field(default_factory=dict, compare=False)
-    notes: tuple[str, ...] = field(default=(), compare=False)
+    given: dict[str, Any] = field(default_factory=dict, compare=False, kw_only=True)
+    notes: tuple[str, ...] = field(default=(), compare=False, kw_only=True)
 
     def as_dict(self) -> dict[str, Any]:
         """The settings in force, for model.json and checkpoints."""
-        values = {key: getattr(self, key) for key in SPECS if hasattr(self, key)}
-        return values | {"eval_metrics": list(self.eval_metrics)}
+        values = {}
+        for key in dataclasses.fields(self):
+            if key.name not in ("given", "notes"):
+                value = getattr(self, key.name)
+                values[key.name] = list(value) if isinstance(value, tuple) else value
+        return values
 
 
-def parse(raw: Any) -> Hyperparameters:
-    """Validate the decoded content of hyperparameters.json."""
+@dataclass(frozen=True)
+class Table:
+    """An algorithm's hyperparameters: the Settings class they fill, a Spec per field
+    (keyed by field name), and names accepted and ignored (the built-in algorithm's that
+    mean nothing here)."""
+
+    settings: type[Settings]
+    specs: dict[str, Spec]
+    ignored: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        fields = {f.name for f in dataclasses.fields(self.settings)} - {"given", "notes"}
+        missing = sorted(fields - set(self.specs))
+        if missing:
+            raise TypeError(f"{self.settings.__name__} fields without a Spec: {missing}")
+
+    @property
+    def known(self) -> dict[str, str]:
+        """Every accepted name -> the key of its setting."""
+        return {name: key for key, spec in self.specs.items() for name in spec.names}
+
+    def parse(self, raw: Any) -> Settings:
+        return parse(raw, self)
+
+
+_IGNORED = ("_tuning_objective_metric",)  # the tuner's own entry
+
+
+def parse(raw: Any, table: Table) -> Settings:
+    """Validate the decoded content of hyperparameters.json against `table`."""
     if not isinstance(raw, dict):
         raise HyperparameterError(
             f"hyperparameters.json must hold a JSON object, got {type(raw).__name__}"
         )
+    known = table.known
     chosen: dict[str, tuple[str, Any]] = {}
     notes = []
     for name, value in raw.items():
-        if name.startswith("sagemaker_") or name in _IGNORED:
+        if name.startswith("sagemaker_") or name in _IGNORED or name in table.ignored:
             continue
-        key = _KNOWN.get(name)
+        key = known.get(name)
         if key is None:
-            close = difflib.get_close_matches(name, list(_KNOWN), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(_KNOWN)}"
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
             raise HyperparameterError(f"unknown hyperparameter {name!r}{hint}")
-        parsed = SPECS[key].parse(name, value)
+        spec = table.specs[key]
+        parsed = spec.parse(name, value)
         if key in chosen and chosen[key][1] != parsed:
             other = chosen[key][0]
             raise HyperparameterError(
@@ -197,11 +197,12 @@ def parse(raw: Any) -> Hyperparameters:
                 f"{_shown(raw[other])} vs {_shown(value)}"
             )
         chosen[key] = (name, parsed)
-        if SPECS[key].note:
-            notes.append(f"{name}={parsed}: {SPECS[key].note}")
-    if "k" not in chosen:
-        raise HyperparameterError("k is required: the number of clusters, an integer ≥ 2")
-    fields = {f.name for f in dataclasses.fields(Hyperparameters)}
+        if spec.note:
+            notes.append(f"{name}={parsed}: {spec.note}")
+    for key, spec in table.specs.items():
+        if spec.required and key not in chosen:
+            raise HyperparameterError(f"{key} is required: {spec.required}")
+    fields = {f.name for f in dataclasses.fields(table.settings)}
     values = {key: parsed for key, (_, parsed) in chosen.items() if key in fields}
-    given = {name: value for name, value in raw.items() if name in _KNOWN}
-    return Hyperparameters(**values, given=given, notes=tuple(notes))
+    given = {name: value for name, value in raw.items() if name in known}
+    return table.settings(**values, given=given, notes=tuple(notes))

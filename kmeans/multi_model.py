@@ -27,7 +27,7 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.routing import PathConverter
 
-from kmeans import model
+from kmeans.algorithm import Loaded, ModelError
 from kmeans.registry import AlreadyLoaded, Entry, FolderNotFound, NotLoaded, OverBudget, Registry
 
 log = logging.getLogger("kmeans.serve")
@@ -93,7 +93,7 @@ def _routed_on_raw_path(wsgi_app: Callable) -> Callable:
 def add_routes(
     app: Flask,
     registry: Registry,
-    predict: Callable[[model.LoadedModel, float, str], Response],
+    predict: Callable[[Loaded, float, str], Response],
     error: Callable[[int, str], Response],
 ) -> None:
     """The /models routes on `app`; `predict` answers a prediction request with a model."""
@@ -126,7 +126,7 @@ def add_routes(
             return refused(409, "model load", str(problem))
         except FolderNotFound as problem:
             return refused(404, "model load", str(problem))
-        except model.ModelError as problem:
+        except ModelError as problem:
             return refused(400, "model load", str(problem))
         except OverBudget as problem:
             return error(507, str(problem))  # the registry has logged it
@@ -176,7 +176,7 @@ def add_routes(
             return refused(400, "invocation", "the model name is not UTF-8")
         try:
             served = registry.get(name)
-        except model.ModelError as problem:
+        except ModelError as problem:
             log.error("model %r is loaded but this worker cannot read it: %s", name, problem)
             return error(500, f"model {name!r} is loaded but cannot be read: {problem}")
         if served is None:

@@ -22,7 +22,8 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from kmeans import decoders, encoders, model, multi_model
+from kmeans import decoders, encoders, multi_model
+from kmeans.algorithm import Loaded
 from kmeans.content_types import CSV, MediaType
 from kmeans.environment import Environment
 from kmeans.registry import Registry
@@ -57,28 +58,29 @@ def _log_request(
 
 
 def invoke(
-    loaded: model.LoadedModel,
+    loaded: Loaded,
     environ: dict,
     default_accept: str,
     limit: int,
     started: float,
     note: str = "",
 ) -> Response:
-    """One invocation: the body decoded, assigned and encoded as Accept asks, the custom
+    """One invocation: the body decoded, predicted and encoded as Accept asks, the custom
     attributes echoed, and one line logged once the answer is sent (`note` ends it).
     Plain dict look-ups in the WSGI environ: this path is paid per request."""
     media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
     request_type = media.essence
     accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
     body = read_body(environ, limit)
+    predictor = loaded.predictor
     one = decoders.one_csv_record(body, media, loaded.feature_dim) if request_type == CSV else None
-    if one is not None:  # most real-time requests: no arrays for them
+    if one is not None and hasattr(predictor, "one"):  # most real-time requests: no arrays
         records = 1
-        answer = encoders.encode_one(accept, *loaded.assign.nearest(one))
+        answer = encoders.encode_one(accept, predictor.columns, predictor.one(one))
     else:
         rows = decoders.decode(body, media, loaded.feature_dim)
         records = len(rows)
-        answer = encoders.ENCODERS[accept](*loaded.assign(rows))
+        answer = encoders.ENCODERS[accept](predictor.columns, predictor(rows))
     response = Response(answer, 200, content_type=accept)
     attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
     if attributes is not None:
@@ -188,7 +190,7 @@ def _json_string(text: str) -> bytes:
     return orjson.dumps(" ".join(text.split()))
 
 
-def create_app(loaded: model.LoadedModel | Registry, env: Environment) -> Flask:
+def create_app(loaded: Loaded | Registry, env: Environment) -> Flask:
     app = Flask(__name__)
     limit = env.max_payload_mb << 20
     app.config["MAX_CONTENT_LENGTH"] = limit
@@ -207,7 +209,7 @@ def create_app(loaded: model.LoadedModel | Registry, env: Environment) -> Flask:
     def parameters() -> dict[str, object]:
         return execution_parameters
 
-    def predict(served: model.LoadedModel, started: float, note: str = "") -> Response:
+    def predict(served: Loaded, started: float, note: str = "") -> Response:
         """A prediction request, for /invocations and /models/<name>/invoke alike."""
         return invoke(served, request.environ, default_accept, limit, started, note)
 

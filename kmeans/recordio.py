@@ -138,6 +138,38 @@ def features(payload: bytes, width: int | None = None) -> np.ndarray:
     return dense
 
 
+def label(payload: bytes) -> float:
+    """The label of one `Record`: the first value of its `label` map's "values" entry (what
+    SageMaker's write_numpy_to_dense_tensor writes), or of its only entry."""
+    entries = {}
+    for number, _, entry in _fields(payload):
+        if number == 2:  # map<string, Value> label
+            name, value = "", b""
+            for field, _, item in _fields(entry):
+                name, value = (item.decode(), value) if field == 1 else (name, item)
+            entries[name] = value
+    if "values" not in entries and len(entries) != 1:
+        found = f"its label map has {sorted(entries)}" if entries else "it has no label"
+        raise RecordIOError(f"{found}; a label goes in the label map's 'values' entry")
+    values, _, _ = _tensor(entries.get("values", next(iter(entries.values()), b"")))
+    if len(values) != 1:
+        raise RecordIOError(f"its label holds {len(values)} values, expected 1")
+    return float(values[0])
+
+
+def labels(payloads: list[bytes], first: int = 1) -> np.ndarray:
+    """Each record's label, as a (records, 1) float64 array; errors name the record."""
+    found = []
+    for number, payload in enumerate(payloads, first):
+        try:
+            found.append(label(payload))
+        except RecordIOError as error:
+            raise RecordIOError(f"record {number}: {error}") from None
+        except (TypeError, ValueError, IndexError, OverflowError, AttributeError) as error:
+            raise RecordIOError(f"record {number}: malformed protobuf ({error})") from None
+    return np.array(found, np.float64).reshape(len(found), 1)
+
+
 def rows(payloads: list[bytes], width: int | None = None, first: int = 1) -> np.ndarray:
     """Records -> a (records, features) array; errors name the record number."""
     vectors = []
@@ -170,21 +202,27 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _label_value(value: object) -> bytes:
+    """A Value message: a string as Bytes (field 9), any number as a Float32Tensor."""
+    if isinstance(value, str):
+        return _message(9, _message(1, value.encode()))
+    return _message(2, _message(1, struct.pack("<f", float(value))))
+
+
 def encode_labels(labels: dict[str, np.ndarray]) -> bytes:
-    """One Record per row whose `label` map holds each named value as a Float32Tensor,
-    the layout the built-in K-Means answers with. A value beyond float32's range is
-    written as float32's infinity."""
+    """One Record per row whose `label` map holds each named value: numbers as a
+    Float32Tensor, the layout the built-in K-Means answers with (a value beyond
+    float32's range is written as float32's infinity), strings as Bytes."""
     with np.errstate(over="ignore"):
-        labels = {name: np.asarray(values).astype(np.float32) for name, values in labels.items()}
+        labels = {
+            name: values.tolist() if values.dtype.kind in "OUS" else values.astype(np.float32)
+            for name, values in ((name, np.asarray(values)) for name, values in labels.items())
+        }
     count = len(next(iter(labels.values())))
     out = bytearray()
     for row in range(count):
         record = b"".join(
-            _message(
-                2,
-                _message(1, name.encode())
-                + _message(2, _message(2, _message(1, struct.pack("<f", float(values[row]))))),
-            )
+            _message(2, _message(1, name.encode()) + _message(2, _label_value(values[row])))
             for name, values in labels.items()
         )
         out += _HEADER.pack(MAGIC, len(record)) + record + b"\0" * (-len(record) % 4)

@@ -5,7 +5,7 @@ only under an exclusive file lock; a counter in a shared memory-mapped file move
 every change. Each worker keeps copies of the models it has served and, before every
 request, compares that counter with the one it last saw (a single memory read): the same,
 its copies are current; moved, it re-reads the list, drops what was unloaded or replaced,
-and loads a listed model the first time it is asked for it (with model.load). A load or
+and loads a listed model the first time it is asked for it (with model_folder.load). A load or
 unload is therefore seen by every worker from the next request on, whichever worker took it.
 
 Memory: a model's size is what its load allocated (traced by tracemalloc), counted once
@@ -29,7 +29,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kmeans import model
+from kmeans import algorithms, model_folder
+from kmeans.algorithm import Loaded
 from kmeans.environment import Environment
 
 log = logging.getLogger("kmeans.serve")
@@ -74,15 +75,19 @@ def container_memory() -> int:
     return physical
 
 
-def measured_load(folder: Path, allow_pickle: bool) -> tuple[model.LoadedModel, int]:
-    """The loaded model and the bytes its load left allocated (one copy's size)."""
+def measured_load(
+    folder: Path, allow_pickle: bool, default: str = algorithms.DEFAULT
+) -> tuple[Loaded, int]:
+    """The loaded model and the bytes its load left allocated (one copy's size): the
+    algorithm's modules are imported before, so that only the model is counted."""
+    algorithm, (metadata, notes) = model_folder.algorithm_of(folder, default)
     with _TRACING:
         tracing = tracemalloc.is_tracing()
         if not tracing:
             tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         try:
-            loaded = model.load(folder, allow_pickle)
+            loaded = algorithm.load(folder, metadata, notes, allow_pickle)
             return loaded, max(tracemalloc.get_traced_memory()[0] - before, 1)
         finally:
             if not tracing:
@@ -96,9 +101,17 @@ def _size(size: float) -> str:
 class Registry:
     """Load, list and unload models by name; `get` hands a worker its copy of one."""
 
-    def __init__(self, folder: Path, budget: int, copies: int, allow_pickle: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        budget: int,
+        copies: int,
+        allow_pickle: bool = True,
+        algorithm: str = algorithms.DEFAULT,
+    ) -> None:
         self.folder, self.budget, self.copies = folder, budget, copies
         self.allow_pickle = allow_pickle  # False: model.joblib is never unpickled
+        self.algorithm = algorithm  # for model folders whose model.json does not name one
         self._list = folder / "registry.json"
         self._lock_file = folder / "registry.lock"
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,12 +125,12 @@ class Registry:
             self._counter = mmap.mmap(file.fileno(), _COUNTER.size)  # shared after fork
         self._seen = -1
         self._table: dict[str, Entry] = {}
-        self._models: dict[str, tuple[int, model.LoadedModel]] = {}  # this process's copies
+        self._models: dict[str, tuple[int, Loaded]] = {}  # this process's copies
         self._loading = threading.Lock()
 
     # --- reading: every worker, every request ---------------------------------------
 
-    def get(self, name: str) -> model.LoadedModel | None:
+    def get(self, name: str) -> Loaded | None:
         """This worker's copy of a loaded model (loaded now if it has none), or None."""
         self._sync()
         entry = self._table.get(name)
@@ -129,7 +142,8 @@ class Registry:
         with self._loading:
             held = self._models.get(name)
             if held is None or held[0] != entry.serial:
-                held = (entry.serial, model.load(Path(entry.url), self.allow_pickle))
+                loaded = model_folder.load(Path(entry.url), self.allow_pickle, self.algorithm)
+                held = (entry.serial, loaded)
                 self._models[name] = held
         return held[1]
 
@@ -171,7 +185,9 @@ class Registry:
         for fields in listed.values():
             del fields["name"]
         text = json.dumps(listed)  # ASCII: any name, even one with lone surrogates
-        written = model.write_temporary(self.folder, self._list.name, lambda p: p.write_text(text))
+        written = model_folder.write_temporary(
+            self.folder, self._list.name, lambda p: p.write_text(text)
+        )
         os.replace(written, self._list)
 
     def _commit(self, table: dict[str, Entry], counter: int) -> None:
@@ -195,7 +211,7 @@ class Registry:
         if not found:
             raise FolderNotFound(f"model folder {url} not found")
         # Outside the lock: loads run side by side.
-        loaded, size = measured_load(folder, self.allow_pickle)
+        loaded, size = measured_load(folder, self.allow_pickle, self.algorithm)
         for warning in loaded.warnings:
             log.warning("model %r: %s", name, warning)
         with self._exclusive():
@@ -245,8 +261,13 @@ class Registry:
 def create(env: Environment) -> Registry:
     """The server's registry, in its runtime folder; budget 0: half the container's memory."""
     budget = int(env.model_memory_mb * _MB) if env.model_memory_mb > 0 else container_memory() // 2
+    algorithms.named(env.algorithm)  # imported before the workers fork: shared by them
     registry = Registry(
-        Path(env.runtime_dir or ".") / "models", budget, env.workers, env.allow_pickle
+        Path(env.runtime_dir or ".") / "models",
+        budget,
+        env.workers,
+        env.allow_pickle,
+        env.algorithm,
     )
     log.info(
         "multi-model endpoint: no model loaded until POST /models; budget %s for all "

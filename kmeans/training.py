@@ -10,18 +10,20 @@ import errno
 import json
 import logging
 import os
+import platform
 import resource
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-
-from kmeans import channels, hosts, hyperparameters, model, reduction, streaming
+from kmeans import algorithms, channels, hosts, hyperparameters, model_folder
+from kmeans.algorithm import Algorithm, Data, Fitted, Interrupted, Job, Metrics
 from kmeans.environment import Environment, Paths, SettingError
+from kmeans.hyperparameters import Settings
 
 log = logging.getLogger("kmeans.train")
 
@@ -78,15 +80,28 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-Fitted = tuple[Any, dict[str, Any]]  # the estimator, and what the summary says of the fit
+def _job(env: Environment, hosts_: hosts.Hosts) -> Job:
+    checkpoints = env.paths.checkpoints
+    return Job(
+        hosts=hosts_,
+        pipe_wait_seconds=env.pipe_wait_seconds,
+        checkpoints=checkpoints if checkpoints.is_dir() else None,
+        checkpoint_seconds=env.checkpoint_seconds,
+        stop_requested=lambda: _STOP.requested,
+    )
 
 
-def _full_batch(hp: hyperparameters.Hyperparameters, train: channels.Channel) -> Fitted:
-    """Load the whole channel into one float32 array and fit KMeans on it."""
+def _load(algorithm: Algorithm, train: channels.Channel) -> tuple[Data, float]:
+    """The whole channel as one float32 array (and its labels, when the algorithm wants
+    them), and the seconds that took."""
     started = time.perf_counter()
-    data = channels.load(train)
+    if algorithm.labels:
+        labelled = channels.load_labelled(train)
+        data = Data(train.name, labelled.rows, labelled.labels)
+    else:
+        data = Data(train.name, channels.load(train))
     load_seconds = time.perf_counter() - started
-    rows, features = data.shape
+    rows, features = data.rows.shape
     log.info(
         "loaded %d rows x %d features from channel %r in %.2f s (%.0f rows/s)",
         rows,
@@ -95,63 +110,25 @@ def _full_batch(hp: hyperparameters.Hyperparameters, train: channels.Channel) ->
         load_seconds,
         rows / max(load_seconds, 1e-9),
     )
-    if hp.feature_dim is not None and hp.feature_dim != features:
-        raise channels.DataError(
-            f"feature_dim is {hp.feature_dim} but channel {train.name!r} has {features} "
-            "feature columns"
-        )
-    if rows < hp.k:
-        raise channels.DataError(f"k is {hp.k} but channel {train.name!r} has only {rows} rows")
-    started = time.perf_counter()
-    estimator = model.fit(hp, data)
-    kmeans = model.kmeans_step(estimator)
-    return estimator, {
-        "rows": rows,
-        "feature_dim": features,
-        "ssd": float(kmeans.inertia_),
-        "cluster_sizes": np.bincount(kmeans.labels_, minlength=hp.k).tolist(),
-        "iterations": int(kmeans.n_iter_),
-        "seconds": {"load": round(load_seconds, 3), "fit": round(time.perf_counter() - started, 3)},
-    }
+    return data, load_seconds
 
 
-def _streaming(
-    hp: hyperparameters.Hyperparameters, train: channels.Channel, env: Environment
+def _fit_here(
+    algorithm: Algorithm, hp: Settings, train: channels.Channel, job: Job, streams: bool
 ) -> Fitted:
-    """Mini-batch passes over the channel, with checkpoints when the folder exists."""
-    started = time.perf_counter()
-    checkpoints = env.paths.checkpoints if env.paths.checkpoints.is_dir() else None
-    trainer = streaming.Trainer(
-        hp,
-        streaming.Settings(
-            pipe_wait_seconds=env.pipe_wait_seconds,
-            checkpoints=checkpoints,
-            checkpoint_seconds=env.checkpoint_seconds,
-            stop_requested=lambda: _STOP.requested,
-        ),
-    )
-    _STOP.deferred = True  # SIGTERM now waits for the end of the chunk, then checkpoints
-    estimator = trainer.run(train)
-    _STOP.deferred = False
-    last = trainer.state.last_pass
-    return estimator, {
-        "rows": last["rows"],
-        "feature_dim": trainer.state.feature_dim,
-        "ssd": last["ssd"],
-        "cluster_sizes": last["sizes"],
-        "iterations": hp.epochs,
-        "seconds": {"load_and_fit": round(time.perf_counter() - started, 3)},
+    """Fit on this host: by passes over the stream, or on the channel loaded whole."""
+    if streams:
+        _STOP.deferred = True  # SIGTERM now waits for the end of the chunk, then checkpoints
+        fitted = algorithm.fit_stream(hp, train, job)
+        _STOP.deferred = False
+        return fitted
+    data, load_seconds = _load(algorithm, train)
+    fitted = algorithm.fit(hp, data, job)
+    fitted.summary["seconds"] = {
+        "load": round(load_seconds, 3),
+        **fitted.summary.get("seconds", {}),
     }
-
-
-def _score(
-    estimator: Any, channel: channels.Channel, features: int, env: Environment
-) -> dict[str, float]:
-    ssd, rows = streaming.score(estimator, channel, features, env.pipe_wait_seconds)
-    if rows == 0:
-        raise channels.DataError(f"channel {channel.name!r} has files but no records")
-    log.info("scored %d rows of channel %r", rows, channel.name)
-    return {"msd": ssd / rows, "ssd": ssd}
+    return fitted
 
 
 def run(env: Environment) -> dict[str, Any] | None:
@@ -159,63 +136,65 @@ def run(env: Environment) -> dict[str, Any] | None:
     that is not the leader of a job with several)."""
     started = time.perf_counter()
     paths = env.paths
-    hp = hyperparameters.parse(_read_json(paths.hyperparameters, "hyperparameters"))
+    algorithm = algorithms.named(env.algorithm)
+    hp = algorithm.hyperparameters.parse(_read_json(paths.hyperparameters, "hyperparameters"))
     log.info("hyperparameters: %s", json.dumps(hp.as_dict()))
     for note in hp.notes:
         log.info("%s", note)
-    job = hosts.Hosts.read(paths.resource_config)
+    here = hosts.Hosts.read(paths.resource_config)
     found = channels.read_channels(paths.input_data_config, paths.data)
     train = channels.training_channel(found)
-    mini_batch = hp.mini_batch_size is not None or train.mode == "Pipe"
-    if job.count > 1:
-        return _across_hosts(env, hp, job, found, mini_batch, started)
-    if mini_batch:
-        estimator, result = _streaming(hp, train, env)
-    else:
-        if paths.checkpoints.is_dir():
-            log.info("checkpoints are written in mini-batch mode only (set mini_batch_size)")
-        estimator, result = _full_batch(hp, train)
-    result["hosts"] = [job.current]
+    streams = algorithm.streams(hp, train)
+    refusal = algorithm.refusal(streams, here.count, train)
+    if refusal:
+        raise channels.DataError(refusal)
+    job = _job(env, here)
+    if here.count > 1:
+        return _across_hosts(env, algorithm, hp, job, found, streams, started)
+    fitted = _fit_here(algorithm, hp, train, job, streams)
+    fitted.summary.setdefault("hosts", [here.current])
 
-    def score(estimator: Any, features: int) -> dict[str, float]:
-        return _score(estimator, found["test"], features, env)
+    def test(fitted: Fitted) -> Metrics:
+        return algorithm.evaluate(hp, fitted.model, found["test"], fitted.feature_dim, job)
 
-    test = score if "test" in found else None
-    return _finish(env, hp, job.current, estimator, result, test, started)
+    return _finish(
+        env, here.current, algorithm, hp, fitted, test if "test" in found else None, started
+    )
 
 
 def _across_hosts(
     env: Environment,
-    hp: hyperparameters.Hyperparameters,
-    job: hosts.Hosts,
+    algorithm: Algorithm,
+    hp: Settings,
+    job: Job,
     found: dict[str, channels.Channel],
-    mini_batch: bool,
+    streams: bool,
     started: float,
 ) -> dict[str, Any] | None:
     """One model from the rows of every host: the leader drives, the others serve their
     rows and exit with the leader's outcome once the model is saved."""
-    if job.is_leader and mini_batch and env.paths.checkpoints.is_dir():
-        log.info("checkpoints are not written when training across hosts")
-    if job.is_leader and hp.algorithm == "elkan":
-        log.info("algorithm elkan: training across hosts runs Lloyd's iterations (same result)")
-    reduction.prepare(job, found, env.pipe_wait_seconds)
-    with hosts.Cluster(job, env.join_seconds) as cluster:
-        if not job.is_leader:
+    here = job.hosts
+    algorithm.prepare_hosts(here, found, job)
+    with hosts.Cluster(here, env.join_seconds) as cluster:
+        if not here.is_leader:
             code, reason = cluster.await_outcome()
             if code:
                 raise hosts.HostError(reason, code)
             _done()
-            log.info("host %s: the leader %s saved the model; done", job.current, job.leader)
+            log.info("host %s: the leader %s saved the model; done", here.current, here.leader)
             return None
         try:
-            fit = reduction.fit_mini_batch if mini_batch else reduction.fit_full_batch
-            estimator, result = fit(cluster, hp, channels.training_channel(found))
+            fitted = algorithm.fit_across_hosts(
+                hp, cluster, channels.training_channel(found), streams
+            )
 
-            def score(estimator: Any, features: int) -> dict[str, float]:
-                return reduction.score(cluster, estimator, found["test"], features)
+            def test(fitted: Fitted) -> Metrics:
+                return algorithm.evaluate_across_hosts(
+                    hp, cluster, fitted.model, found["test"], fitted.feature_dim
+                )
 
             summary = _finish(
-                env, hp, job.current, estimator, result, score if "test" in found else None, started
+                env, here.current, algorithm, hp, fitted, test if "test" in found else None, started
             )
         except BaseException as error:
             reason, _, code = _failure(error)
@@ -227,54 +206,51 @@ def _across_hosts(
 
 def _finish(
     env: Environment,
-    hp: hyperparameters.Hyperparameters,
     host: str,
-    estimator: Any,
-    result: dict[str, Any],
-    score_test: Any,
+    algorithm: Algorithm,
+    hp: Settings,
+    fitted: Fitted,
+    test: Callable[[Fitted], Metrics] | None,
     started: float,
 ) -> dict[str, Any]:
-    """Metrics, artefacts and the model folder, from the fitted estimator."""
+    """Metric lines, output/data and the model folder, from the fitted model."""
     paths = env.paths
-    log.info(
-        "fitted k=%d on %d rows x %d features: %d iterations, inertia %.6g",
-        hp.k,
-        result["rows"],
-        result["feature_dim"],
-        result["iterations"],
-        result["ssd"],
-    )
-    metrics = {"train": {"msd": result["ssd"] / result["rows"], "ssd": result["ssd"]}}
-    if score_test is not None:
-        metrics["test"] = score_test(estimator, result["feature_dim"])
-    for channel, values in metrics.items():
-        for name in hp.eval_metrics if channel == "test" else ("msd", "ssd"):
-            print(f"#quality_metric: host={host}, {channel} {name} <loss>={values[name]:.6g}")
-
-    kmeans = model.kmeans_step(estimator)
-    result["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    log.info("%s", fitted.described)
+    measured = {"train": fitted.train}
+    if test is not None:
+        measured["test"] = test(fitted)
+    for channel, values in measured.items():
+        for name in values.reported:
+            print(
+                f"#quality_metric: host={host}, {channel} {name} <loss>={values.values[name]:.6g}"
+            )
+    metrics = {channel: values.values for channel, values in measured.items()}
+    fitted.summary.setdefault("seconds", {})["total"] = round(time.perf_counter() - started, 3)
     summary = {
-        **{key: value for key, value in result.items() if key != "ssd"},
+        "rows": fitted.rows,
+        "feature_dim": fitted.feature_dim,
+        **fitted.summary,
         "metrics": metrics,
         "peak_rss_mb": peak_rss_mb(),
     }
     metadata = {
-        "k": hp.k,
-        "feature_dim": result["feature_dim"],
+        "algorithm": algorithm.name,
+        **fitted.metadata,
+        "feature_dim": fitted.feature_dim,
         "hyperparameters": hp.as_dict(),
         "given": hp.given,
         "metrics": metrics,
-        "rows": result["rows"],
-        "hosts": result["hosts"],
+        "rows": fitted.rows,
+        "hosts": summary["hosts"],
         "training_job_name": env.training_job_name or None,
         "image": env.provenance(),
+        "versions": {"python": platform.python_version(), **algorithm.versions()},
     }
     paths.output_data.mkdir(parents=True, exist_ok=True)
-    np.savetxt(
-        paths.output_data / "centers.csv", kmeans.cluster_centers_, delimiter=",", fmt="%.8g"
-    )
+    for name, write in algorithm.outputs(fitted).items():
+        write(paths.output_data / name)
     (paths.output_data / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    model.save(paths.model, estimator, metadata)
+    model_folder.save(paths.model, algorithm.files(fitted), metadata, algorithm.stale_files(fitted))
     _done()
     log.info(
         "model saved to %s; %.2f s in all, peak memory %.0f MB",
@@ -293,7 +269,7 @@ def _failure(error: BaseException, paths: Paths | None = None) -> tuple[str, str
         return str(error), error.detail, error.code
     if isinstance(error, Stopped):
         return str(error), "", EXIT_STOPPED
-    if isinstance(error, streaming.Interrupted):
+    if isinstance(error, Interrupted):
         saved = paths is not None and paths.checkpoints.is_dir()
         saved = "checkpoint saved" if saved else "no checkpoint folder"
         return f"{STOPPED} at {error}; {saved}", "", EXIT_STOPPED

@@ -10,7 +10,8 @@ models is made here instead.
 import logging
 import sys
 
-from kmeans import model, registry
+from kmeans import model_folder, registry
+from kmeans.algorithm import Loaded, ModelError
 from kmeans.environment import EXIT_NO_MODEL, Environment
 from kmeans.predictor import create_app
 
@@ -22,19 +23,19 @@ logging.basicConfig(
 log = logging.getLogger("kmeans.serve")
 
 
-def _loaded(environment: Environment) -> model.LoadedModel:
+def _loaded(environment: Environment) -> Loaded:
+    paths = environment.paths
     try:
-        loaded = model.load(environment.paths.model, environment.allow_pickle)
-    except model.ModelError as error:
+        loaded = model_folder.load(paths.model, environment.allow_pickle, environment.algorithm)
+    except ModelError as error:
         print(f"serve: cannot start: {error}", file=sys.stderr, flush=True)
         sys.exit(EXIT_NO_MODEL)
     for warning in loaded.warnings:
         log.warning("%s", warning)
     log.info(
-        "model loaded from %s: %s, k=%s, %d features",
+        "model loaded from %s: %s, %d features",
         loaded.source,
-        loaded.kind,
-        loaded.metadata.get("k", "?"),
+        loaded.summary,
         loaded.feature_dim,
     )
     return loaded

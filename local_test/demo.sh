@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end: train on local_test/test_dir, serve the model, predict payload.csv, stop.
+# SAGE_KMEANS_ALGORITHM=NAME does the same for another algorithm of kmeans/algorithms/, on its
+# sample job local_test/NAME (the image is built with --build-arg ALGORITHM=NAME).
 # With a reachable Docker engine it builds and runs the image (train_local.sh, serve_local.sh);
 # otherwise it runs kmeans/train and kmeans/serve natively from .venv. It says which.
 #   local_test/demo.sh        (DEMO_MODE=docker|native to choose; IMAGE, default sage-kmeans:demo;
@@ -7,7 +9,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(dirname "$here")
+algorithm=${SAGE_KMEANS_ALGORITHM:-kmeans}
 test_dir=$here/test_dir
+[[ $algorithm == kmeans ]] || test_dir=$here/$algorithm
+[[ -d $test_dir/input ]] || { echo "demo: no sample job $test_dir for algorithm $algorithm" >&2; exit 2; }
 say() { echo "demo: $*" >&2; }
 
 engine_reachable() {  # `timeout` keeps a hung engine from hanging us; macOS lacks it by default
@@ -24,7 +29,7 @@ if [[ $mode == docker ]]; then
     say "a Docker engine is reachable: running the image $image"
     "$here/bootstrap.sh" curl
     read -r -a build_args <<<"${DOCKER_BUILD_ARGS:-}"
-    docker build ${build_args[@]+"${build_args[@]}"} -t "$image" "$top"
+    docker build --build-arg "ALGORITHM=$algorithm" ${build_args[@]+"${build_args[@]}"} -t "$image" "$top"
     "$here/train_local.sh" "$image" "$test_dir"
     name=sage-kmeans-demo-$$
     DOCKER_RUN_ARGS="--name $name ${DOCKER_RUN_ARGS:-}" PORT=$port "$here/serve_local.sh" "$image" "$test_dir" &
@@ -32,7 +37,7 @@ if [[ $mode == docker ]]; then
 else
     say "no Docker engine reachable (or DEMO_MODE=native): running kmeans/train and kmeans/serve natively"
     "$here/bootstrap.sh"
-    export PATH=$top/.venv/bin:$PATH SAGEMAKER_BASE_DIR=$test_dir
+    export PATH=$top/.venv/bin:$PATH SAGEMAKER_BASE_DIR=$test_dir SAGE_KMEANS_ALGORITHM=$algorithm
     "$top/kmeans/train"
     SAGEMAKER_BIND_TO_HOST=127.0.0.1 SAGEMAKER_BIND_TO_PORT=$port "$top/kmeans/serve" &
     stop() { kill -TERM "$server" 2>/dev/null || true; }
@@ -48,7 +53,7 @@ for _ in $(seq 120); do
 done
 curl -fsS -o /dev/null "$url/ping" || { say "no answer from $url/ping after 120 s"; exit 1; }
 
-say "predictions for payload.csv (cluster,distance):"
+say "predictions for payload.csv (the algorithm's answer columns, comma-separated):"
 PREDICT_URL=$url "$here/predict.sh"
 
 say "stopping the server"

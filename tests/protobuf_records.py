@@ -31,12 +31,16 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
                 name=field, number=number, type=field_kind, label=F.LABEL_REPEATED
             )
             added.options.packed = True
+    raw = proto.message_type.add(name="Bytes")
+    raw.field.add(name="value", number=1, type=F.TYPE_BYTES, label=F.LABEL_REPEATED)
+    raw.field.add(name="content_type", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
     value = proto.message_type.add(name="Value")
     value.oneof_decl.add(name="value")
     for field, number, kind in (
         ("float32_tensor", 2, "Float32Tensor"),
         ("float64_tensor", 3, "Float64Tensor"),
         ("int32_tensor", 7, "Int32Tensor"),
+        ("bytes", 9, "Bytes"),
     ):
         value.field.add(
             name=field,
@@ -108,5 +112,26 @@ def labels(data: bytes) -> list[dict[str, float]]:
         length = header & ((1 << 29) - 1)
         message = Record.FromString(data[offset + 8 : offset + 8 + length])
         out.append({name: value.float32_tensor.values[0] for name, value in message.label.items()})
+        offset += 8 + length + (-length % 4)
+    return out
+
+
+def label_values(data: bytes) -> list[dict[str, float | str]]:
+    """The label maps of the records in a RecordIO body, each value a number (its
+    Float32Tensor's) or a string (its Bytes')."""
+    out, offset = [], 0
+    while offset < len(data):
+        magic, header = struct.unpack_from("<II", data, offset)
+        assert magic == 0xCED7230A
+        length = header & ((1 << 29) - 1)
+        message = Record.FromString(data[offset + 8 : offset + 8 + length])
+        out.append(
+            {
+                name: value.bytes.value[0].decode()
+                if value.WhichOneof("value") == "bytes"
+                else value.float32_tensor.values[0]
+                for name, value in message.label.items()
+            }
+        )
         offset += 8 + length + (-length % 4)
     return out

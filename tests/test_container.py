@@ -98,10 +98,11 @@ def test_serve_predicts_and_stops_cleanly(image: str, trained, user: str) -> Non
 
 
 def serve_predict_and_stop(
-    image: str, base: Path, user: str = "root", ping_seconds: float = 120
+    image: str, base: Path, user: str = "root", ping_seconds: float = 120, columns: int | None = 2
 ) -> None:
     """serve_local.sh serves the model in `base`, predict.sh gets one answer line per row of
-    payload.csv, and `docker stop` ends it with exit status 0 well within its grace period."""
+    payload.csv (of `columns` values, K-Means's two by default; None: any one count), and
+    `docker stop` ends it with exit status 0 well within its grace period."""
     port, name = free_port(), f"sage-kmeans-test-{uuid.uuid4().hex[:8]}"
     run_args = f"--network host -e SAGEMAKER_BIND_TO_HOST=127.0.0.1 --name {name}"
     server = subprocess.Popen(
@@ -129,7 +130,8 @@ def serve_predict_and_stop(
         rows = PAYLOAD.read_text().splitlines()
         lines = answer.stdout.splitlines()
         assert len(lines) == len(rows), answer.stdout
-        assert all(len(line.split(",")) == 2 for line in lines), answer.stdout
+        counts = {len(line.split(",")) for line in lines}
+        assert counts == {columns} if columns else len(counts) == 1, answer.stdout
 
         started = time.monotonic()
         docker("stop", "--time", "30", name, timeout=60)

@@ -12,6 +12,7 @@ import protobuf_records
 import pytest
 
 from kmeans import encoders
+from kmeans.algorithms.kmeans.centres import COLUMNS
 
 RNG = np.random.default_rng(11)
 
@@ -59,7 +60,7 @@ TEXT_FORMATS = ["text/csv", "application/json", "application/jsonlines"]
 @pytest.mark.parametrize("kind", TEXT_FORMATS)
 def test_text_distances_are_float32_written_shortest(kind: str, count: int) -> None:
     labels, distances = predictions(count)
-    written_labels, written = parse(kind, encoders.ENCODERS[kind](labels, distances))
+    written_labels, written = parse(kind, encoders.ENCODERS[kind](COLUMNS, (labels, distances)))
     assert written_labels == labels.tolist()
     rounded = distances.astype(np.float32)
     assert np.array_equal(np.array(written, dtype=np.float64).astype(np.float32), rounded)
@@ -70,7 +71,7 @@ def test_text_distances_are_float32_written_shortest(kind: str, count: int) -> N
 
 def test_recordio_distances_are_float32() -> None:
     labels, distances = predictions(50)
-    records = protobuf_records.labels(encoders.encode_recordio(labels, distances))
+    records = protobuf_records.labels(encoders.encode_recordio(COLUMNS, (labels, distances)))
     assert [record["closest_cluster"] for record in records] == labels.tolist()
     written = np.array([record["distance_to_cluster"] for record in records])
     assert np.array_equal(written, distances.astype(np.float32).astype(np.float64))
@@ -81,7 +82,7 @@ def test_recordio_distances_are_float32() -> None:
 def test_distances_beyond_float32_are_null(kind: str, count: int) -> None:
     labels, distances = predictions(count)
     distances[1] = 1e39  # finite in float64, beyond float32
-    _, written = parse(kind, encoders.ENCODERS[kind](labels, distances))
+    _, written = parse(kind, encoders.ENCODERS[kind](COLUMNS, (labels, distances)))
     assert written[1] == "null"
     assert "null" not in written[2:]
 
@@ -89,7 +90,7 @@ def test_distances_beyond_float32_are_null(kind: str, count: int) -> None:
 def test_recordio_distances_beyond_float32_are_infinite() -> None:
     labels, distances = predictions(3)
     distances[1] = 1e39  # finite in float64, beyond float32: it used to raise OverflowError
-    records = protobuf_records.labels(encoders.encode_recordio(labels, distances))
+    records = protobuf_records.labels(encoders.encode_recordio(COLUMNS, (labels, distances)))
     assert [record["distance_to_cluster"] for record in records][1:] == [np.inf, distances[2]]
 
 
@@ -102,8 +103,8 @@ def test_one_record_is_written_as_the_arrays_path_writes_it(kind: str) -> None:
     below, above = np.nextafter(edge, [0.0, np.inf]).tolist()
     cases = zip([*labels.tolist(), 1, 2, 3], [*distances.tolist(), below, edge, above], strict=True)
     for label, distance in cases:
-        expected = encoders.ENCODERS[kind](np.array([label]), np.array([distance]))
-        assert encoders.encode_one(kind, label, distance) == expected, (label, distance)
+        expected = encoders.ENCODERS[kind](COLUMNS, (np.array([label]), np.array([distance])))
+        assert encoders.encode_one(kind, COLUMNS, (label, distance)) == expected, (label, distance)
 
 
 def test_every_encoder_is_tested() -> None:

@@ -39,7 +39,7 @@ from hypothesis.extra import numpy as hnp
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from kmeans import decoders, encoders, model, predictor
+from kmeans import decoders, encoders, model_folder, predictor
 from kmeans.content_types import ALIASES, RECORDIO, MediaType, parse_accept
 from kmeans.environment import Environment
 
@@ -496,7 +496,7 @@ def test_the_inflate_check_catches_an_inflater_that_refuses_everything() -> None
 @pytest.fixture(scope="module")
 def client(trained: Path):
     app = predictor.create_app(
-        model.load(trained / "model"), Environment.read({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"})
+        model_folder.load(trained / "model"), Environment.read({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"})
     )
     return app.test_client()
 

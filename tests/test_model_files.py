@@ -305,8 +305,8 @@ def test_a_full_disk_leaves_no_model_or_all_of_it(tmp_path: Path) -> None:
     }
     room = {  # free pages -> the file that cannot be written (writes go in this order)
         0: "model.joblib",
-        sizes["model.joblib"]: "model.json",
-        sizes["model.joblib"] + sizes["model.json"]: "model.npz",
+        sizes["model.joblib"]: "model.npz",
+        sizes["model.joblib"] + sizes["model.npz"]: "model.json",
         sum(sizes.values()): None,
     }
     for free, failing in room.items():

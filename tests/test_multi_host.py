@@ -29,7 +29,7 @@ from oracles import FULL_BATCH, LAST_PASS, assert_metric_lines, matched_centre_d
 from sklearn.datasets import make_blobs
 from test_streaming import start_writer
 
-from kmeans import reduction
+from kmeans.algorithms.kmeans import reduction
 
 _SUBNETS = itertools.count(1)  # a fresh 127.N.0.x for each job: no port is ever reused
 RNG = np.random.default_rng(7)
@@ -415,7 +415,7 @@ def test_hosts_load_no_scikit_learn_while_they_hold_rows() -> None:
     """What a host imports to join, load and iterate: scikit-learn, scipy and pandas
     (about 150 MB) come only when the model is made, after every host let go of its rows."""
     code = (
-        "import sys; import kmeans.training, kmeans.reduction, kmeans.hosts; "
+        "import sys; import kmeans.training, kmeans.algorithms.kmeans.reduction, kmeans.hosts; "
         "print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'joblib') if m in sys.modules))"
     )
     found = subprocess.run(

@@ -25,8 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kmeans import channels, model
-from kmeans.hyperparameters import Hyperparameters
+from kmeans import channels
+from kmeans.algorithm import Interrupted
+from kmeans.algorithms.kmeans.centres import assign, squared_distance_sum
+from kmeans.algorithms.kmeans.hyperparameters import Hyperparameters
+from kmeans.model_folder import write_temporary
 
 if TYPE_CHECKING:  # imported where used: hosts that only serve their rows never load them
     from sklearn.base import BaseEstimator
@@ -38,10 +41,6 @@ log = logging.getLogger("kmeans.train")
 CHECKPOINT_FILE = "kmeans-checkpoint.joblib"
 DEFAULT_CHUNK_ROWS = 5000  # the built-in algorithm's mini_batch_size
 LOG_SECONDS = 10.0
-
-
-class Interrupted(Exception):
-    """Stopped between two chunks; the checkpoint (if any) is saved."""
 
 
 @dataclass
@@ -93,7 +92,7 @@ def load_checkpoint(folder: Path, hp: Hyperparameters) -> State | None:
 def save_checkpoint(folder: Path, state: State) -> None:
     import joblib
 
-    written = model.write_temporary(folder, CHECKPOINT_FILE, lambda path: joblib.dump(state, path))
+    written = write_temporary(folder, CHECKPOINT_FILE, lambda path: joblib.dump(state, path))
     os.replace(written, folder / CHECKPOINT_FILE)
     log.info("checkpoint saved: epoch %d, %d rows into it", state.epoch, state.rows_done)
 
@@ -157,7 +156,7 @@ class Trainer:
         fresh = not hasattr(kmeans, "cluster_centers_")
         if fresh:  # the first chunk picks the centres: score it after, not before
             kmeans.partial_fit(chunk)
-        labels, nearest = model.assign(kmeans, chunk)
+        labels, nearest = assign(kmeans, chunk)
         ssd = float(nearest @ nearest)
         if last_pass:
             sizes = state.last_pass["sizes"] or [0] * self.hp.k
@@ -288,6 +287,6 @@ def score_blocks(
                 f"channel {channel_name!r} has {block.rows.shape[1]} feature columns "
                 f"({block.source}), the training data {features}"
             )
-        total += model.squared_distance_sum(estimator, block.rows)
+        total += squared_distance_sum(estimator, block.rows)
         rows += len(block.rows)
     return total, rows

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kmeans import channels, model, streaming
+from kmeans import channels
+from kmeans.algorithms.kmeans import fitting, streaming
+from kmeans.algorithms.kmeans.hyperparameters import Hyperparameters
 from kmeans.hosts import Cluster, Hosts
-from kmeans.hyperparameters import Hyperparameters
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
@@ -115,9 +116,9 @@ def _fingerprint(channel: channels.Channel) -> str:
     return hashlib.sha256(listed).hexdigest()[:16]
 
 
-def moments() -> model.Moments:
+def moments() -> fitting.Moments:
     """Row count, feature means and sums of squared deviations, in float64."""
-    return model.moments(HERE.data)
+    return fitting.moments(HERE.data)
 
 
 def scale(mean: np.ndarray, scale: np.ndarray) -> None:
@@ -128,7 +129,7 @@ def scale(mean: np.ndarray, scale: np.ndarray) -> None:
         data[start:stop] -= mean.astype(np.float32)
         data[start:stop] /= scale.astype(np.float32)
 
-    model.blockwise(block, len(data))
+    fitting.blockwise(block, len(data))
 
 
 def sample(counts: dict[str, int], seed: int) -> np.ndarray:
@@ -226,7 +227,7 @@ def lloyd_step(centres: np.ndarray, first: bool, far: int) -> Partial:
     if first or HERE.labels is None:
         HERE.labels = np.full(len(data), -1, np.int32)
     labels = HERE.labels
-    parts = model.blockwise(
+    parts = fitting.blockwise(
         lambda a, b: _partial(data[a:b], centres, True, far, labels[a:b]), len(data)
     )
     return merge(parts, len(centres), far)
@@ -235,7 +236,7 @@ def lloyd_step(centres: np.ndarray, first: bool, far: int) -> Partial:
 def assign_step(centres: np.ndarray) -> Partial:
     """Counts and inertia of this host's rows for the final centres."""
     data = HERE.data
-    parts = model.blockwise(lambda a, b: _partial(data[a:b], centres, False, 0, None), len(data))
+    parts = fitting.blockwise(lambda a, b: _partial(data[a:b], centres, False, 0, None), len(data))
     return merge(parts, len(centres))
 
 
@@ -462,7 +463,7 @@ def fit_full_batch(
         ", ".join(f"{n}: {s['rows']}" for n, s in zip(hosts.names, shares, strict=True)),
     )
     fit_started = time.perf_counter()
-    count, mean, squares = model.combine_moments(cluster.on_every_host(moments))
+    count, mean, squares = fitting.combine_moments(cluster.on_every_host(moments))
     variance = squares / count
     scaling = None
     if hp.standardize:
@@ -472,7 +473,7 @@ def fit_full_batch(
         variance = variance / deviation**2
     tolerance = hp.tol * float(np.mean(variance))
     rows_by_host = [share["rows"] for share in shares]
-    wanted = min(rows, model.SEED_SAMPLE_ROWS)
+    wanted = min(rows, fitting.SEED_SAMPLE_ROWS)
     best: tuple[float, np.ndarray, int, np.ndarray] | None = None
     costs = Costs()
     runs = _runs(hp, auto_random=10)
@@ -490,8 +491,8 @@ def fit_full_batch(
             best = (final.inertia, centres, iterations, final.counts)
     inertia, centres, iterations, sizes = best
     cluster.on_every_host(release)  # before scikit-learn is imported to make the estimator
-    scaler = None if scaling is None else model.fitted_scaler(*scaling)
-    estimator = model.assemble(hp, centres, scaler, inertia, iterations)
+    scaler = None if scaling is None else fitting.fitted_scaler(*scaling)
+    estimator = fitting.assemble(hp, centres, scaler, inertia, iterations)
     return estimator, {
         "rows": rows,
         "feature_dim": features,
@@ -547,7 +548,7 @@ def fit_mini_batch(
             if hp.standardize:  # as single-host mini-batch: statistics of the first rows
                 shift, variance = seed_sample.mean(axis=0), seed_sample.var(axis=0)
                 divide = _deviation(variance)
-                scaler = model.fitted_scaler(shift, variance, divide, len(seed_sample))
+                scaler = fitting.fitted_scaler(shift, variance, divide, len(seed_sample))
                 seed_sample = (seed_sample - shift) / divide
             centres = _best_seed(hp, seed_sample)
             counts = np.zeros(hp.k, np.float64)
@@ -587,7 +588,7 @@ def fit_mini_batch(
         raise channels.DataError(
             f"k is {hp.k} but channel {channel.name!r} has only {last['rows']} rows on all hosts"
         )
-    estimator = model.assemble(hp, centres, scaler, last["ssd"], hp.epochs)
+    estimator = fitting.assemble(hp, centres, scaler, last["ssd"], hp.epochs)
     return estimator, {
         "rows": last["rows"],
         "feature_dim": features,
@@ -636,11 +637,12 @@ def _progress(epoch: int, epochs: int, seen: int, started: float, ssd: float, do
 
 def score(
     cluster: Cluster, estimator: BaseEstimator, channel: channels.Channel, features: int
-) -> dict[str, float]:
-    """The test channel's metrics, each host scoring its own share."""
+) -> tuple[float, int]:
+    """The test channel's sum of squared distances and row count, each host scoring its
+    own share."""
     results = cluster.on_every_host(score_share, estimator, channel.name, features)
     ssd, rows = sum(r[0] for r in results), sum(r[1] for r in results)
     if rows == 0:
         raise channels.DataError(f"channel {channel.name!r} has files but no records")
     log.info("scored %d rows of channel %r on %d hosts", rows, channel.name, cluster.hosts.count)
-    return {"msd": ssd / rows, "ssd": ssd}
+    return ssd, rows

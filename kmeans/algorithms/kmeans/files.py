@@ -1,0 +1,177 @@
+"""K-Means's model files, written and read:
+- `model.npz`: the centres and the standardisation as plain numpy arrays, no code. This
+  is what `serve` loads, with numpy alone, without unpickling anything;
+- `model.joblib`: the scikit-learn estimator, for people who load it with joblib.load.
+  A model someone brings may be this file alone (any estimator with `transform`), and
+  so are models written before model.npz existed: `load` unpickles it only then.
+model.json (k, feature count, hyperparameters, versions, metrics) is the container's.
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kmeans.algorithm import Loaded, ModelError, Writer
+from kmeans.algorithms.kmeans.centres import Assigner, Centres, steps
+from kmeans.model_folder import METADATA_FILE
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+
+ARRAYS_FILE = "model.npz"
+MODEL_FILE = "model.joblib"
+ARRAYS_FORMAT = 1  # model.npz's `format` entry; a reader refuses any other
+
+
+def versions() -> dict[str, str]:
+    import joblib
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "joblib": joblib.__version__,
+    }
+
+
+def _write_centres(centres: Centres, path: Path) -> None:
+    arrays = {"format": np.array(ARRAYS_FORMAT), "centres": centres.centres}
+    for name in ("mean", "scale"):
+        if getattr(centres, name) is not None:
+            arrays[name] = getattr(centres, name)
+    with path.open("wb") as file:
+        np.savez(file, **arrays)
+
+
+def writers(estimator: BaseEstimator) -> dict[str, Writer]:
+    """model.joblib, and model.npz when the estimator is one Centres can hold."""
+    import joblib
+
+    files: dict[str, Writer] = {
+        MODEL_FILE: lambda path: joblib.dump(estimator, path, protocol=5),
+    }
+    centres = Centres.of(estimator)
+    if centres is not None:
+        files[ARRAYS_FILE] = lambda path: _write_centres(centres, path)
+    return files
+
+
+def _summary(kind: str, metadata: dict[str, Any]) -> str:
+    return f"{kind}, k={metadata.get('k', '?')}"
+
+
+def load(folder: Path, metadata: dict[str, Any], notes: list[str], allow_pickle: bool) -> Loaded:
+    """Load and check a model folder: model.npz when it is there, else model.joblib
+    (unless `allow_pickle` is false). Every failure is one line naming the file."""
+    arrays, pickled = folder / ARRAYS_FILE, folder / MODEL_FILE
+    if arrays.is_file():
+        centres = _read_centres(arrays, metadata)
+        return Loaded(
+            arrays, "KMeans", _summary("KMeans", metadata), metadata, centres, tuple(notes)
+        )
+    if not pickled.is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else ""
+        raise ModelError(
+            f"model file {arrays} (or {MODEL_FILE}) not found"
+            + (f" (the folder holds: {found})" if found else " (the folder is empty or missing)")
+        )
+    if not allow_pickle:
+        raise ModelError(
+            f"model file {arrays} not found, and {pickled} is a pickle, which "
+            f"SAGE_KMEANS_ALLOW_PICKLE=false forbids loading: train again to write {ARRAYS_FILE}"
+        )
+    return _load_pickled(pickled, metadata, notes)
+
+
+def _read_centres(path: Path, metadata: dict[str, Any]) -> Centres:
+    """model.npz, read without unpickling and checked: format, shapes, finite values,
+    and agreement with model.json."""
+    try:
+        with path.open("rb") as file:
+            zipped = file.read(4) == b"PK\x03\x04"  # else np.load takes it for a pickle
+        if not zipped:
+            raise ModelError(f"model file {path} cannot be read: it is not an .npz archive")
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except ModelError:
+        raise
+    except Exception as error:  # a damaged zip file raises many kinds of error
+        raise ModelError(f"model file {path} cannot be read: {error!r}") from None
+
+    def refuse(why: str) -> ModelError:
+        return ModelError(f"model file {path} cannot be served: {why}")
+
+    version = arrays.pop("format", None)
+    if version is None or version.shape != () or version.dtype.kind not in "iu":
+        raise refuse("no format number; it was not written by sage-kmeans")
+    if int(version) != ARRAYS_FORMAT:
+        raise refuse(
+            f"format {int(version)}, and this version of sage-kmeans reads format "
+            f"{ARRAYS_FORMAT}: serve it with the image that trained it"
+        )
+    centres, mean, scale = (arrays.pop(name, None) for name in ("centres", "mean", "scale"))
+    if arrays:
+        raise refuse(f"unknown arrays {sorted(arrays)}")
+    if centres is None or centres.ndim != 2 or centres.dtype.kind != "f" or 0 in centres.shape:
+        raise refuse("'centres' must be a non-empty 2-D array of floats")
+    k, features = centres.shape
+    for name, value in (("mean", mean), ("scale", scale)):
+        if value is not None and (value.shape != (features,) or value.dtype.kind != "f"):
+            raise refuse(f"{name!r} must hold {features} floats, one per feature")
+    if not all(np.isfinite(a).all() for a in (centres, mean, scale) if a is not None):
+        raise refuse("it holds NaN or infinite values")
+    if scale is not None and not scale.all():
+        raise refuse("'scale' holds zeros")
+    expected = {"k": k, "feature_dim": features}
+    differ = {
+        key: metadata[key] for key in expected if key in metadata and metadata[key] != expected[key]
+    }
+    if differ:
+        raise refuse(
+            f"it holds {k} centres of {features} features, but {METADATA_FILE} says "
+            + ", ".join(f"{key}={value}" for key, value in differ.items())
+            + ": the two files come from different trainings"
+        )
+    return Centres(*(a if a is None else a.astype(np.float64) for a in (centres, mean, scale)))
+
+
+def _load_pickled(path: Path, metadata: dict[str, Any], notes: list[str]) -> Loaded:
+    """model.joblib: whatever estimator it holds, so long as it ends in fitted centres."""
+    import joblib
+    import sklearn
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    recorded = metadata.get("versions")
+    trained_with = recorded.get("scikit-learn") if isinstance(recorded, dict) else None
+    if trained_with and trained_with != sklearn.__version__:
+        notes.append(
+            f"model saved with scikit-learn {trained_with}, loaded with {sklearn.__version__}: "
+            "retrain or pin the same version if predictions look wrong"
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        try:
+            estimator = joblib.load(path)
+        except Exception as error:  # unpickling raises anything at all
+            raise ModelError(f"model file {path} cannot be loaded: {error!r}") from None
+    for warning in caught:
+        if isinstance(warning.message, InconsistentVersionWarning) and not trained_with:
+            message = warning.message
+            notes.append(
+                f"model saved with scikit-learn {message.original_sklearn_version}, "
+                f"loaded with {message.current_sklearn_version}"
+            )
+    try:
+        int(steps(estimator)[-1].cluster_centers_.shape[1])
+    except (AttributeError, IndexError, TypeError):
+        raise ModelError(
+            f"model file {path} holds a {type(estimator).__name__}, not a fitted KMeans"
+        ) from None
+    kind = type(estimator).__name__
+    return Loaded(path, kind, _summary(kind, metadata), metadata, Assigner(estimator), tuple(notes))
