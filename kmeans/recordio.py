@@ -116,15 +116,21 @@ def _tensor(value_message: bytes) -> tuple[np.ndarray, list[int], list[int]]:
     raise RecordIOError("the features hold no float32, float64 or int32 tensor")
 
 
-def features(payload: bytes, width: int | None = None) -> np.ndarray:
-    """The feature vector of one `Record` (dense; sparse ones are expanded)."""
+def _map(payload: bytes, number: int) -> dict[str, bytes]:
+    """A Record's map<string, Value> field `number`: each name and its Value message."""
     entries = {}
-    for number, _, entry in _fields(payload):
-        if number == 1:  # map<string, Value> features
+    for found, _, entry in _fields(payload):
+        if found == number:
             name, value = "", b""
             for field, _, item in _fields(entry):
                 name, value = (item.decode(), value) if field == 1 else (name, item)
             entries[name] = value
+    return entries
+
+
+def features(payload: bytes, width: int | None = None) -> np.ndarray:
+    """The feature vector of one `Record` (dense; sparse ones are expanded)."""
+    entries = _map(payload, 1)  # map<string, Value> features
     if not entries:
         raise RecordIOError("the record has no features")
     values, keys, shape = _tensor(entries.get("values", next(iter(entries.values()))))
@@ -141,13 +147,7 @@ def features(payload: bytes, width: int | None = None) -> np.ndarray:
 def label(payload: bytes) -> float:
     """The label of one `Record`: the first value of its `label` map's "values" entry (what
     SageMaker's write_numpy_to_dense_tensor writes), or of its only entry."""
-    entries = {}
-    for number, _, entry in _fields(payload):
-        if number == 2:  # map<string, Value> label
-            name, value = "", b""
-            for field, _, item in _fields(entry):
-                name, value = (item.decode(), value) if field == 1 else (name, item)
-            entries[name] = value
+    entries = _map(payload, 2)  # map<string, Value> label
     if "values" not in entries and len(entries) != 1:
         found = f"its label map has {sorted(entries)}" if entries else "it has no label"
         raise RecordIOError(f"{found}; a label goes in the label map's 'values' entry")

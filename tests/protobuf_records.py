@@ -103,19 +103,6 @@ def body(rows: np.ndarray, kind: str = "float32_tensor", sparse: bool = False) -
     return b"".join(frame(record(row, kind, sparse)) for row in rows)
 
 
-def labels(data: bytes) -> list[dict[str, float]]:
-    """The label maps of the records in a RecordIO body."""
-    out, offset = [], 0
-    while offset < len(data):
-        magic, header = struct.unpack_from("<II", data, offset)
-        assert magic == 0xCED7230A
-        length = header & ((1 << 29) - 1)
-        message = Record.FromString(data[offset + 8 : offset + 8 + length])
-        out.append({name: value.float32_tensor.values[0] for name, value in message.label.items()})
-        offset += 8 + length + (-length % 4)
-    return out
-
-
 def label_values(data: bytes) -> list[dict[str, float | str]]:
     """The label maps of the records in a RecordIO body, each value a number (its
     Float32Tensor's) or a string (its Bytes')."""
@@ -135,3 +122,8 @@ def label_values(data: bytes) -> list[dict[str, float | str]]:
         )
         offset += 8 + length + (-length % 4)
     return out
+
+
+def labels(data: bytes) -> list[dict[str, float | str]]:
+    """The label maps of the records in a RecordIO body (numbers, as K-Means answers)."""
+    return label_values(data)
