@@ -19,7 +19,6 @@ float32 tensors, as the built-in algorithm does), strings as strings (RecordIO: 
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -44,40 +43,57 @@ class NotAcceptable(ValueError):
     """An Accept header no encoder can satisfy: HTTP 406."""
 
 
-def _csv_string(text: str) -> bytes:
+def _csv_string(value: object) -> bytes:
     """A CSV cell, quoted when it holds a comma, a quote or a line break (RFC 4180)."""
+    text = str(value)
     if any(mark in text for mark in ',"\r\n'):
         return b'"' + text.replace('"', '""').encode() + b'"'
     return text.encode()
 
 
-def _json_string(text: str) -> bytes:
-    return orjson.dumps(text)
+def _json_string(value: object) -> bytes:
+    return orjson.dumps(str(value))
 
 
 @dataclass(frozen=True)
 class _Layout:
     """A text format for given columns: the body's head and tail, the bytes before each
     column's value, and a row's end, whose last byte separates rows (the last row's end
-    loses it)."""
+    loses it); and the same as %-formats: a row's (%d for an integer, %b for any other
+    value's text) and a one-record body's."""
 
     head: bytes
     tail: bytes
     starts: tuple[bytes, ...]
     end: bytes
-    string: Callable[[str], bytes]
+    string: Callable[[object], bytes]
+    row_format: bytes = b""
+    one_format: bytes = b""
+
+
+def _escaped(text: bytes) -> bytes:
+    return text.replace(b"%", b"%%")
 
 
 @functools.lru_cache(maxsize=64)
 def _layout(media: str, columns: Columns) -> _Layout:
     if media == CSV:
-        starts = (b"",) + (b",",) * (len(columns) - 1)
-        return _Layout(b"", b"", starts, b"\n", _csv_string)
-    keys = [orjson.dumps(column.name) + b":" for column in columns]
-    starts = (b"{" + keys[0], *(b"," + key for key in keys[1:]))
-    if media == JSON:
-        return _Layout(b'{"predictions":[', b"]}", starts, b"},", _json_string)
-    return _Layout(b"", b"", starts, b"}\n", _json_string)
+        head, tail, end, string = b"", b"", b"\n", _csv_string
+        starts: tuple[bytes, ...] = (b"",) + (b",",) * (len(columns) - 1)
+    else:
+        keys = [orjson.dumps(column.name) + b":" for column in columns]
+        starts = (b"{" + keys[0], *(b"," + key for key in keys[1:]))
+        head, tail, end = (
+            (b'{"predictions":[', b"]}", b"},") if media == JSON else (b"", b"", b"}\n")
+        )
+        string = _json_string
+    cells = b"".join(
+        _escaped(start) + (b"%d" if column.kind == "int" else b"%b")
+        for start, column in zip(starts, columns, strict=True)
+    )
+    row_format = cells + _escaped(end)
+    one_format = _escaped(head) + cells + _escaped(end[:-1]) + _escaped(tail)
+    return _Layout(head, tail, starts, end, string, row_format, one_format)
 
 
 def _float32_text(values: np.ndarray) -> bytes:
@@ -86,12 +102,12 @@ def _float32_text(values: np.ndarray) -> bytes:
         return orjson.dumps(np.asarray(values).astype(np.float32), option=_NUMPY)
 
 
-def _cells(column: Column, values: np.ndarray, string: Callable[[str], bytes]) -> list[bytes]:
-    """Each value's text, for a few rows."""
+def _cells(column: Column, values: np.ndarray, string: Callable[[object], bytes]) -> list:
+    """Each value as the row format takes it (an int, or its text), for a few rows."""
     if column.kind == "float32":
         return _float32_text(values)[1:-1].split(b",") if len(values) else []
     if column.kind == "int":
-        return [b"%d" % value for value in values.tolist()]
+        return values.tolist()
     return [string(str(value)) for value in values.tolist()]
 
 
@@ -102,55 +118,84 @@ def _text_rows(media: str, columns: Columns, values: Values) -> bytes:
     if count >= _VECTOR_ROWS:
         return _text_rows_arrow(layout, columns, values, count)
     cells = [_cells(c, v, layout.string) for c, v in zip(columns, values, strict=True)]
-    starts, end = layout.starts, layout.end
-    if len(columns) == 1:
-        rows = b"".join(starts[0] + cell + end for cell in cells[0])
-    else:
-        rows = b"".join(
-            b"".join(itertools.chain.from_iterable(zip(starts, row, strict=True))) + end
-            for row in zip(*cells, strict=True)
-        )
+    row = layout.row_format
+    rows = b"".join(row % values for values in zip(*cells, strict=True))
     return b"".join((layout.head, rows[:-1], layout.tail))
 
 
-def _arrow_cells(
-    column: Column, values: np.ndarray, string: Callable[[str], bytes], follows: bytes
-) -> pa.Array:
-    """Each value's text as an Arrow binary array, with no Python object per row. A
-    float32 value's text ends with the first byte of what `follows` it (see below)."""
-    if column.kind == "float32":
-        # orjson writes every value at once as `[v0,v1,...]`; each value's text runs to
-        # the separator after it (`,` or the closing `]`), which becomes `follows`' byte.
-        text = _float32_text(values)
-        offsets = np.empty(len(values) + 1, np.int64)
-        offsets[0], offsets[-1] = 1, len(text)
-        offsets[1:-1] = np.flatnonzero(np.frombuffer(text, np.uint8) == ord(",")) + 1
-        text = text.translate(bytes.maketrans(b",]", follows[:1] * 2))
-        return pa.Array.from_buffers(
-            pa.large_binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(text)]
-        )
+_DICTIONARY_RANGE = 1 << 16  # integer columns spanning fewer values are written by look-up
+
+
+def _float32_cells(values: np.ndarray, follows: bytes) -> pa.Array:
+    """Each value's text as an Arrow binary array, with no Python object per row: orjson
+    writes every value at once as `[v0,v1,...]`; each value's text runs to the separator
+    after it (`,` or the closing `]`), which becomes the first byte of what `follows`."""
+    text = _float32_text(values)
+    offsets = np.empty(len(values) + 1, np.int64)
+    offsets[0], offsets[-1] = 1, len(text)
+    offsets[1:-1] = np.flatnonzero(np.frombuffer(text, np.uint8) == ord(",")) + 1
+    text = text.translate(bytes.maketrans(b",]", follows[:1] * 2))
+    return pa.Array.from_buffers(
+        pa.large_binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(text)]
+    )
+
+
+def _dictionary(
+    column: Column, values: np.ndarray, string: Callable[[object], bytes]
+) -> tuple[list[bytes], np.ndarray] | None:
+    """The texts of a column's distinct values and each row's index among them, for a
+    column of few distinct values (names, cluster numbers); None for any other."""
+    if column.kind == "str":
+        uniques, inverse = np.unique(np.asarray(values).astype(str), return_inverse=True)
+        return [string(str(value)) for value in uniques.tolist()], inverse.ravel()
     if column.kind == "int":
-        return pc.cast(pa.array(np.asarray(values, np.int64)), pa.large_string()).cast(
-            pa.large_binary()
-        )
-    uniques, inverse = np.unique(np.asarray(values).astype(str), return_inverse=True)
-    texts = pa.array([string(str(value)) for value in uniques.tolist()], pa.large_binary())
-    return pc.take(texts, pa.array(inverse.ravel()))
+        values = np.asarray(values, np.int64)
+        low, high = int(values.min()), int(values.max())
+        if high - low < _DICTIONARY_RANGE:
+            return [b"%d" % value for value in range(low, high + 1)], values - low
+    return None
 
 
 def _text_rows_arrow(layout: _Layout, columns: Columns, values: Values, count: int) -> bytes:
-    """Large bodies, put together by Arrow's kernels."""
-    pieces: list[pa.Array | pa.Scalar] = []
+    """Large bodies, put together by Arrow's kernels: each column's texts (a look-up of
+    its distinct values' texts, which take in the constant bytes around them; orjson's
+    texts of floats; Arrow's own integers) joined row by row."""
+    pieces: list[bytes | pa.Array] = []
     follows = [*layout.starts[1:], layout.end]
-    trimmed = False  # the previous value's text already holds this piece's first byte
+    trimmed = False  # the previous float's text already holds this piece's first byte
     for column, column_values, start, after in zip(
         columns, values, layout.starts, follows, strict=True
     ):
-        pieces.append(pa.scalar(start[1:] if trimmed else start, pa.large_binary()))
-        pieces.append(_arrow_cells(column, column_values, layout.string, after))
-        trimmed = column.kind == "float32"
-    pieces.append(pa.scalar(layout.end[1:] if trimmed else layout.end, pa.large_binary()))
-    rows = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
+        pieces.append(start[1:] if trimmed else start)
+        trimmed = False
+        found = _dictionary(column, column_values, layout.string)
+        if found is not None:
+            pieces.append(found)
+        elif column.kind == "float32":
+            pieces.append(_float32_cells(column_values, after))
+            trimmed = True
+        else:
+            cells = pc.cast(pa.array(np.asarray(column_values, np.int64)), pa.large_string())
+            pieces.append(cells.cast(pa.large_binary()))
+    pieces.append(layout.end[1:] if trimmed else layout.end)
+    joined: list[bytes | pa.Array] = []
+    for index, piece in enumerate(pieces):
+        if not isinstance(piece, tuple):
+            joined.append(piece)
+            continue
+        texts, indices = piece
+        before = joined.pop() if joined and isinstance(joined[-1], bytes) else b""
+        after = pieces[index + 1] if isinstance(pieces[index + 1], bytes) else b""
+        if after:
+            pieces[index + 1] = b""  # taken in here
+        looked_up = pa.array([before + text + after for text in texts], pa.large_binary())
+        joined.append(pc.take(looked_up, pa.array(indices)))
+    arguments = [
+        pa.scalar(piece, pa.large_binary()) if isinstance(piece, bytes) else piece
+        for piece in joined
+        if not (isinstance(piece, bytes) and not piece)
+    ]
+    rows = pc.binary_join_element_wise(*arguments, pa.scalar(b"", pa.large_binary()))
     _, row_offsets, data = rows.buffers()
     first, last = np.frombuffer(row_offsets, np.int64)[[rows.offset, rows.offset + count]]
     return b"".join((layout.head, memoryview(data)[first : last - 1], layout.tail))
@@ -184,14 +229,30 @@ _ECHOED = (JSON, JSONLINES, CSV)  # request types answered in kind when Accept s
 _TEXT = (CSV, JSON, JSONLINES)
 
 
-def _one_cell(column: Column, value: object, string: Callable[[str], bytes]) -> bytes:
-    if column.kind == "float32":
-        if value >= _FLOAT32_INFINITY:  # type: ignore[operator]
-            return b"null"
-        return orjson.dumps(np.float32(value), option=_NUMPY)
-    if column.kind == "int":
-        return b"%d" % value
-    return string(str(value))
+def _one_float(value: object) -> bytes:
+    if value >= _FLOAT32_INFINITY:  # type: ignore[operator]
+        return b"null"
+    return orjson.dumps(np.float32(value), option=_NUMPY)
+
+
+def _same(value: object) -> object:
+    return value
+
+
+@functools.lru_cache(maxsize=64)
+def _one_writer(accept: str, columns: Columns) -> Callable[[Sequence[object]], bytes]:
+    """A function writing one record's answer in a text format: the layout's one-record
+    %-format filled with each value's text, each column's writer chosen once."""
+    layout = _layout(accept, columns)
+    string = layout.string
+    writers = tuple(
+        _same if c.kind == "int" else _one_float if c.kind == "float32" else string for c in columns
+    )
+    form = layout.one_format
+    if len(writers) == 2:  # most algorithms' answers: a label and a score
+        first, second = writers
+        return lambda row: form % (first(row[0]), second(row[1]))
+    return lambda row: form % tuple([write(v) for write, v in zip(writers, row, strict=True)])
 
 
 def encode_one(accept: str, columns: Columns, row: Sequence[object]) -> bytes:
@@ -199,12 +260,7 @@ def encode_one(accept: str, columns: Columns, row: Sequence[object]) -> bytes:
     building arrays for it."""
     if accept not in _TEXT:
         return ENCODERS[accept](columns, [np.array([value]) for value in row])
-    layout = _layout(accept, columns)
-    parts = [layout.head]
-    for column, start, value in zip(columns, layout.starts, row, strict=True):
-        parts += (start, _one_cell(column, value, layout.string))
-    parts += (layout.end[:-1], layout.tail)
-    return b"".join(parts)
+    return _one_writer(accept, columns)(row)
 
 
 def _weight(ranges: list[MediaType], kind: str) -> tuple[float, int] | None:
