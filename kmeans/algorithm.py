@@ -215,8 +215,19 @@ class Algorithm:
     ) -> Loaded:
         raise NotImplementedError
 
-    def refusal(self, streaming: bool, hosts: int, channel: Channel) -> str | None:
+    @property
+    def has_test_metrics(self) -> bool:
+        return type(self).evaluate is not Algorithm.evaluate
+
+    def refusal(
+        self, streaming: bool, hosts: int, channel: Channel, test: bool = False
+    ) -> str | None:
         """Why this algorithm cannot run the job, in one line; None when it can."""
+        if test and not self.has_test_metrics:
+            return (
+                f"algorithm {self.name} has no test metrics, and the job has a 'test' "
+                "channel: train without it"
+            )
         if hosts > 1 and not self.several_hosts:
             return (
                 f"algorithm {self.name} trains on one host, and this job has {hosts}: "

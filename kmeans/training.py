@@ -145,7 +145,7 @@ def run(env: Environment) -> dict[str, Any] | None:
     found = channels.read_channels(paths.input_data_config, paths.data)
     train = channels.training_channel(found)
     streams = algorithm.streams(hp, train)
-    refusal = algorithm.refusal(streams, here.count, train)
+    refusal = algorithm.refusal(streams, here.count, train, "test" in found)
     if refusal:
         raise channels.DataError(refusal)
     job = _job(env, here)

@@ -193,12 +193,22 @@ def test_trains_from_every_format_to_the_same_model(
 
 
 def test_the_test_channel_is_scored(sample: Sample, tmp_path: Path) -> None:
+    """An algorithm with test metrics reports them; one without refuses the channel in
+    one line before reading any data."""
     base = sample.job(
         tmp_path / "ml",
         {"train/data.csv": sample.text, "test/data.csv": sample.text},
         channels={"test": {"ContentType": sample.content_type}},
     )
     result = run_train(base, **sample.env)
+    if not algorithms.named(sample.name).has_test_metrics:
+        assert result.returncode == 1
+        assert failure_of(base) == [
+            f"algorithm {sample.name} has no test metrics, and the job has a 'test' "
+            "channel: train without it"
+        ]
+        assert "loaded" not in result.stdout
+        return
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("#quality_metric")]
     assert any(", test " in line for line in lines), lines
@@ -403,3 +413,26 @@ def test_one_multi_model_endpoint_serves_every_algorithm(tmp_path: Path, start_s
         answer = requests.post(f"{multi.url}/models/{name}/invoke", data=body, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.content == expected[name], name
+
+
+def test_an_algorithm_lacking_a_capability_refuses_the_job_that_needs_it() -> None:
+    """The refusals of the seam's defaults, for an algorithm that writes only fit."""
+    from kmeans.algorithm import Algorithm
+    from kmeans.channels import Channel
+
+    class Bare(Algorithm):
+        name = "bare"
+
+    bare, train = Bare(), Channel("train", Path("."), mode="Pipe")
+    assert not bare.has_test_metrics
+    assert bare.refusal(False, 1, train) is None
+    assert bare.refusal(False, 1, train, test=True) == (
+        "algorithm bare has no test metrics, and the job has a 'test' channel: train without it"
+    )
+    assert bare.refusal(False, 3, train) == (
+        "algorithm bare trains on one host, and this job has 3: set InstanceCount to 1"
+    )
+    assert bare.refusal(True, 1, train) == (
+        "algorithm bare reads its data whole, and channel 'train' is in Pipe mode: "
+        "use TrainingInputMode File"
+    )
