@@ -115,12 +115,12 @@ def names(options: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ...]]:
 @dataclass(frozen=True)
 class Spec:
     """One setting: its names (canonical first; the others are aliases that must agree
-    with it), how its value is read and checked, its default, a note logged when it is
-    given, and, for a required setting, what it is (said when it is missing)."""
+    with it), how its value is read and checked, a note logged when it is given, and,
+    for a required setting, what it is (said when it is missing). Its default is its
+    Settings field's."""
 
     names: tuple[str, ...]
     parse: Callable[[str, Any], Any]
-    default: Any = None
     note: str = ""
     required: str = ""
 
@@ -128,7 +128,7 @@ class Spec:
 @dataclass(frozen=True)
 class Settings:
     """Validated settings for one training job: an algorithm subclasses this frozen
-    dataclass with one field per Spec (same key, same default)."""
+    dataclass with one field per Spec (same key), the field's default the setting's."""
 
     given: dict[str, Any] = field(default_factory=dict, compare=False, kw_only=True)
     notes: tuple[str, ...] = field(default=(), compare=False, kw_only=True)

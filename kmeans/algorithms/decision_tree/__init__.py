@@ -59,10 +59,10 @@ TABLE = Table(
     {
         "max_depth": Spec(("max_depth",), integer(1)),
         "max_leaf_nodes": Spec(("max_leaf_nodes",), integer(2)),
-        "min_samples_split": Spec(("min_samples_split",), integer(2), 2),
-        "min_samples_leaf": Spec(("min_samples_leaf",), integer(1), 1),
-        "criterion": Spec(("criterion",), choice(CRITERIA), "gini"),
-        "seed": Spec(("random_state", "seed"), integer(0), 0),
+        "min_samples_split": Spec(("min_samples_split",), integer(2)),
+        "min_samples_leaf": Spec(("min_samples_leaf",), integer(1)),
+        "criterion": Spec(("criterion",), choice(CRITERIA)),
+        "seed": Spec(("random_state", "seed"), integer(0)),
         "feature_dim": Spec(("feature_dim",), integer(1)),
     },
 )
