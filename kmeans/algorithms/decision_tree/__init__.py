@@ -18,7 +18,6 @@ SAGE_KMEANS_ALLOW_PICKLE=false.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from kmeans.algorithm import (
     Writer,
 )
 from kmeans.hyperparameters import Settings, Spec, Table, choice, integer
+from kmeans.model_folder import unpickle
 
 MODEL_FILE = "model.joblib"
 
@@ -179,8 +179,6 @@ class DecisionTree(Algorithm):
     def load(
         self, folder: Path, metadata: dict[str, Any], notes: list[str], allow_pickle: bool
     ) -> Loaded:
-        import joblib
-        from sklearn.exceptions import InconsistentVersionWarning
         from sklearn.tree import DecisionTreeClassifier
 
         path = folder / MODEL_FILE
@@ -191,13 +189,7 @@ class DecisionTree(Algorithm):
                 f"model file {path} is a pickle, which SAGE_KMEANS_ALLOW_PICKLE=false forbids "
                 "loading; the decision tree has no other model file"
             )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", InconsistentVersionWarning)
-            try:
-                tree = joblib.load(path)
-            except Exception as error:  # unpickling raises anything at all
-                raise ModelError(f"model file {path} cannot be loaded: {error!r}") from None
-        notes += [str(warning.message) for warning in caught]
+        tree = unpickle(path, metadata, notes)
         if not isinstance(tree, DecisionTreeClassifier) or not hasattr(tree, "classes_"):
             raise ModelError(
                 f"model file {path} holds a {type(tree).__name__}, not a fitted decision tree"

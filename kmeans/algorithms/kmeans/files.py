@@ -10,7 +10,6 @@ model.json (k, feature count, hyperparameters, versions, metrics) is the contain
 from __future__ import annotations
 
 import platform
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from kmeans.algorithm import Loaded, ModelError, Writer
 from kmeans.algorithms.kmeans.centres import Assigner, Centres, steps
-from kmeans.model_folder import METADATA_FILE
+from kmeans.model_folder import METADATA_FILE, unpickle
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
@@ -143,30 +142,7 @@ def _read_centres(path: Path, metadata: dict[str, Any]) -> Centres:
 
 def _load_pickled(path: Path, metadata: dict[str, Any], notes: list[str]) -> Loaded:
     """model.joblib: whatever estimator it holds, so long as it ends in fitted centres."""
-    import joblib
-    import sklearn
-    from sklearn.exceptions import InconsistentVersionWarning
-
-    recorded = metadata.get("versions")
-    trained_with = recorded.get("scikit-learn") if isinstance(recorded, dict) else None
-    if trained_with and trained_with != sklearn.__version__:
-        notes.append(
-            f"model saved with scikit-learn {trained_with}, loaded with {sklearn.__version__}: "
-            "retrain or pin the same version if predictions look wrong"
-        )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InconsistentVersionWarning)
-        try:
-            estimator = joblib.load(path)
-        except Exception as error:  # unpickling raises anything at all
-            raise ModelError(f"model file {path} cannot be loaded: {error!r}") from None
-    for warning in caught:
-        if isinstance(warning.message, InconsistentVersionWarning) and not trained_with:
-            message = warning.message
-            notes.append(
-                f"model saved with scikit-learn {message.original_sklearn_version}, "
-                f"loaded with {message.current_sklearn_version}"
-            )
+    estimator = unpickle(path, metadata, notes)
     try:
         int(steps(estimator)[-1].cluster_centers_.shape[1])
     except (AttributeError, IndexError, TypeError):
