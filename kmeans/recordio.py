@@ -11,7 +11,8 @@ through generated code; the tests check it against Google's protobuf library.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -157,16 +158,21 @@ def label(payload: bytes) -> float:
     return float(values[0])
 
 
+def _of_record(number: int, read: Callable[..., Any], *args: Any) -> Any:
+    """read(*args) on record `number`, its errors one line naming the record."""
+    try:
+        return read(*args)
+    except RecordIOError as error:
+        raise RecordIOError(f"record {number}: {error}") from None
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError) as error:
+        # a field of another type than the schema's (a number where a message belongs,
+        # a tensor of odd length...): the bytes are damaged, not a format we skip
+        raise RecordIOError(f"record {number}: malformed protobuf ({error})") from None
+
+
 def labels(payloads: list[bytes], first: int = 1) -> np.ndarray:
     """Each record's label, as a (records, 1) float64 array; errors name the record."""
-    found = []
-    for number, payload in enumerate(payloads, first):
-        try:
-            found.append(label(payload))
-        except RecordIOError as error:
-            raise RecordIOError(f"record {number}: {error}") from None
-        except (TypeError, ValueError, IndexError, OverflowError, AttributeError) as error:
-            raise RecordIOError(f"record {number}: malformed protobuf ({error})") from None
+    found = [_of_record(number, label, payload) for number, payload in enumerate(payloads, first)]
     return np.array(found, np.float64).reshape(len(found), 1)
 
 
@@ -174,14 +180,7 @@ def rows(payloads: list[bytes], width: int | None = None, first: int = 1) -> np.
     """Records -> a (records, features) array; errors name the record number."""
     vectors = []
     for number, payload in enumerate(payloads, first):
-        try:
-            vector = features(payload, width)
-        except RecordIOError as error:
-            raise RecordIOError(f"record {number}: {error}") from None
-        except (TypeError, ValueError, IndexError, OverflowError, AttributeError) as error:
-            # a field of another type than the schema's (a number where a message belongs,
-            # a tensor of odd length...): the bytes are damaged, not a format we skip
-            raise RecordIOError(f"record {number}: malformed protobuf ({error})") from None
+        vector = _of_record(number, features, payload, width)
         width = width or len(vector)
         if len(vector) != width:
             raise RecordIOError(f"record {number}: expected {width} features, got {len(vector)}")
