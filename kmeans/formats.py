@@ -167,26 +167,32 @@ class Matrix:
 
     def labels(self, channel: str) -> np.ndarray:
         """Every row's labels: float64 when every one is a number, else str objects. A
-        missing label is an error naming its row."""
-        if not self.label_blocks:
+        missing label (a blank cell, a null) is an error naming its row."""
+        blocks = self.label_blocks
+        if not blocks:
             return np.empty((self.rows, 0))
-        joined = np.concatenate([b.astype(object) for b in self.label_blocks])
-        empty = np.flatnonzero(
+        numeric = [block.dtype.kind in "iuf" for block in blocks]
+        missing = np.concatenate(
             [
-                v is None or (isinstance(v, float) and v != v) or not str(v).strip()
-                for v in joined.ravel()
+                np.isnan(block.astype(np.float64))
+                if number
+                else np.char.strip(block.astype(str)) == ""
+                for block, number in zip(blocks, numeric, strict=True)
             ]
         )
-        if len(empty):
-            row, column = divmod(int(empty[0]), joined.shape[1])
+        if missing.any():
+            row, column = divmod(int(np.flatnonzero(missing)[0]), missing.shape[1])
             raise DataError(
-                f"channel {channel!r}: {len(empty)} rows have no label; first at "
-                f"{self.where(row)}, label column {column + 1}"
+                f"channel {channel!r}: {int(missing.any(axis=1).sum())} rows have no label; "
+                f"first at {self.where(row)}, label column {column + 1}"
             )
+        if all(numeric):
+            return np.concatenate(blocks).astype(np.float64)
+        joined = np.concatenate([block.astype(object) for block in blocks])
         try:
-            return np.array([[float(v) for v in row] for row in joined], np.float64)
+            return joined.astype(np.float64)  # names that are all numbers
         except ValueError:
-            return np.array([[str(v).strip() for v in row] for row in joined], dtype=object)
+            return np.char.strip(joined.astype(str)).astype(object)
 
     def finish(self) -> np.ndarray:
         self.data.resize((self.rows, self.columns or 0), refcheck=False)
