@@ -180,7 +180,7 @@ class Algorithm:
     def evaluate(
         self, hp: Settings, model: Any, channel: Channel, feature_dim: int, job: Job
     ) -> Metrics:
-        raise DataError(f"{self.name} has no test metrics: train without a 'test' channel")
+        raise NotImplementedError  # not written: a job with a test channel is refused
 
     def prepare_hosts(self, hosts: Hosts, found: dict[str, Channel], job: Job) -> None:
         raise NotImplementedError

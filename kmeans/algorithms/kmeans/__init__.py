@@ -31,8 +31,7 @@ TRAIN_METRICS = ("msd", "ssd")
 
 def _fitted(estimator: Any, hp: Hyperparameters, result: dict[str, Any]) -> Fitted:
     """The trainers' result (reduction.py's and streaming's) as the seam's Fitted."""
-    ssd = result.pop("ssd")
-    rows, features = result["rows"], result["feature_dim"]
+    ssd, rows, features = (result.pop(key) for key in ("ssd", "rows", "feature_dim"))
     return Fitted(
         model=estimator,
         rows=rows,
