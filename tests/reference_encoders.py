@@ -1,6 +1,7 @@
-"""The encoders as they were before answers became named columns (git 2b33153), kept
-verbatim as the reference the K-Means answers must still equal byte for byte
-(tests/test_answer_columns.py). Not used by kmeans/.
+"""The encoders as they were before answers became named columns (git 2b33153): their
+encoding part, kept verbatim as the reference the K-Means answers must still equal byte
+for byte (tests/test_answer_columns.py); content negotiation (choose), which did not
+change, is left out. Not used by kmeans/.
 
 Predictions -> response bodies. One function per media type, one table, and the
 choice of media type from the Accept header.
@@ -26,14 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc  # loaded before the workers fork: shared, and no first-use wait
 
 from kmeans import recordio
-from kmeans.content_types import CSV, JSON, JSONLINES, RECORDIO, MediaType
+from kmeans.content_types import CSV, JSON, JSONLINES, RECORDIO
 
 _VECTOR_ROWS = 1000  # from about here Arrow's kernels beat a Python loop
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-
-
-class NotAcceptable(ValueError):
-    """An Accept header no encoder can satisfy: HTTP 406."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -113,7 +110,6 @@ ENCODERS: dict[str, Callable[[np.ndarray, np.ndarray], bytes]] = {
     CSV: encode_csv,
     RECORDIO: encode_recordio,
 }
-_ECHOED = (JSON, JSONLINES, CSV)  # request types answered in kind when Accept says nothing
 
 
 def encode_one(accept: str, label: int, distance: float) -> bytes:
@@ -127,48 +123,3 @@ def encode_one(accept: str, label: int, distance: float) -> bytes:
     else:
         text = orjson.dumps(np.float32(distance), option=_NUMPY)
     return b"".join((head, template % label, text, end[:-1], tail))
-
-
-def _weight(ranges: list[MediaType], kind: str) -> tuple[float, int] | None:
-    """The q-value of the most specific range in Accept naming `kind` (RFC 9110: the
-    type itself, then `family/*`, then `*/*`), and that range's place in the header;
-    None when no range names it."""
-    family = kind.partition("/")[0]
-    for pattern in (kind, family + "/*", "*/*"):
-        for place, media in enumerate(ranges):
-            if media.essence == pattern:
-                return media.quality, place
-    return None
-
-
-@functools.lru_cache(maxsize=256)  # the same few header values arrive again and again
-def choose(accept: str, request_type: str, default_accept: str = "") -> str:
-    """The response media type: of the types Accept wants most (q above 0, weighed by the
-    most specific range naming each), the one named earliest in the header; for none or
-    a wildcard, the configured default, else the request's own type when we can write it,
-    else JSON."""
-    fallback = next(
-        (
-            kind
-            for kind in (default_accept, request_type if request_type in _ECHOED else "")
-            if kind in ENCODERS
-        ),
-        JSON,
-    )
-    if not accept.strip():
-        return fallback
-    ranges = [MediaType.parse(part) for part in accept.split(",") if part.strip()]
-    best, best_rank = None, None
-    for kind in ENCODERS:
-        weight = _weight(ranges, kind)
-        if weight is None or weight[0] <= 0:
-            continue
-        quality, place = weight
-        rank = (quality, -place, kind == fallback)
-        if best_rank is None or rank > best_rank:
-            best, best_rank = kind, rank
-    if best is None:
-        raise NotAcceptable(
-            f"cannot answer with Accept {accept!r}; this endpoint answers {', '.join(ENCODERS)}"
-        )
-    return best
