@@ -13,35 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kmeans import algorithms
 from kmeans.algorithm import Algorithm, Loaded, ModelError, Writer
+from kmeans.model_files import METADATA_FILE, write_temporary
 
 Metadata = tuple[dict[str, Any], list[str]]  # model.json's object, and notes for the log
-
-METADATA_FILE = "model.json"
-
-
-def write_temporary(folder: Path, name: str, write: Callable[[Path], None]) -> Path:
-    """A file fully written under a hidden temporary name beside `name`, for the caller
-    to rename into place (an atomic rename: never a half-written file). A failed write
-    (a full disk) leaves nothing behind and names the file it was writing."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; serve may run as another user
-        return Path(temporary)
-    except BaseException as error:
-        os.unlink(temporary)
-        if isinstance(error, OSError) and error.filename in (None, temporary):
-            raise OSError(error.errno, error.strerror, str(folder / name)) from error
-        raise
 
 
 def save(
@@ -78,37 +57,6 @@ def read_metadata(folder: Path) -> Metadata:
     if not isinstance(metadata, dict):
         return {}, [f"{path} holds a {type(metadata).__name__}, not an object; ignored"]
     return metadata, []
-
-
-def unpickle(path: Path, metadata: dict[str, Any], notes: list[str]) -> Any:
-    """A scikit-learn estimator saved with joblib, as any algorithm may keep one: a
-    version mismatch with what model.json records (or what the pickle says) is added to
-    `notes` for the log; a file that cannot be unpickled is one line naming it."""
-    import joblib
-    import sklearn
-    from sklearn.exceptions import InconsistentVersionWarning
-
-    recorded = metadata.get("versions")
-    trained_with = recorded.get("scikit-learn") if isinstance(recorded, dict) else None
-    if trained_with and trained_with != sklearn.__version__:
-        notes.append(
-            f"model saved with scikit-learn {trained_with}, loaded with {sklearn.__version__}: "
-            "retrain or pin the same version if predictions look wrong"
-        )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InconsistentVersionWarning)
-        try:
-            estimator = joblib.load(path)
-        except Exception as error:  # unpickling raises anything at all
-            raise ModelError(f"model file {path} cannot be loaded: {error!r}") from None
-    for warning in caught:
-        if isinstance(warning.message, InconsistentVersionWarning) and not trained_with:
-            message = warning.message
-            notes.append(
-                f"model saved with scikit-learn {message.original_sklearn_version}, "
-                f"loaded with {message.current_sklearn_version}"
-            )
-    return estimator
 
 
 def algorithm_of(folder: Path, default: str = algorithms.DEFAULT) -> tuple[Algorithm, Metadata]:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kmeans import algorithms, model_folder
+from kmeans import algorithms, model_files, model_folder
 from kmeans.algorithm import Loaded
 from kmeans.environment import Environment
 
@@ -185,7 +185,7 @@ class Registry:
         for fields in listed.values():
             del fields["name"]
         text = json.dumps(listed)  # ASCII: any name, even one with lone surrogates
-        written = model_folder.write_temporary(
+        written = model_files.write_temporary(
             self.folder, self._list.name, lambda p: p.write_text(text)
         )
         os.replace(written, self._list)

@@ -37,7 +37,7 @@ from kmeans.algorithm import (
     Writer,
 )
 from kmeans.hyperparameters import Settings, Spec, Table, choice, integer
-from kmeans.model_folder import unpickle
+from kmeans.model_files import unpickle
 
 MODEL_FILE = "model.joblib"
 

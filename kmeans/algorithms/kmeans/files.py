@@ -17,7 +17,7 @@ import numpy as np
 
 from kmeans.algorithm import Loaded, ModelError, Writer
 from kmeans.algorithms.kmeans.centres import Assigner, Centres, steps
-from kmeans.model_folder import METADATA_FILE, unpickle
+from kmeans.model_files import METADATA_FILE, unpickle
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator

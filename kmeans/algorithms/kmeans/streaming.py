@@ -29,7 +29,7 @@ from kmeans import channels
 from kmeans.algorithm import Interrupted
 from kmeans.algorithms.kmeans.centres import assign, squared_distance_sum
 from kmeans.algorithms.kmeans.hyperparameters import Hyperparameters
-from kmeans.model_folder import write_temporary
+from kmeans.model_files import write_temporary
 
 if TYPE_CHECKING:  # imported where used: hosts that only serve their rows never load them
     from sklearn.base import BaseEstimator
