@@ -14,6 +14,7 @@ import platform
 import resource
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -297,6 +298,24 @@ def _fail(paths: Paths, reason: str, detail: str = "", code: int = EXIT_INPUT_ER
     return code
 
 
+def _unwritable(paths: Paths) -> str | None:
+    """The one line saying which folder train cannot write, before any data is read: a
+    read-only mount or a folder another user owns (`docker run --read-only --user ...`)
+    would otherwise fail the job only once the model is fitted."""
+    for folder in (paths.model, paths.output):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            return (
+                f"cannot write {folder} ({error.strerror.lower()}) as user {os.getuid()}: train "
+                f"writes the model to {paths.model} and its output to {paths.output}; mount "
+                "them writable (SageMaker does) or run as their owner"
+            )
+    return None
+
+
 def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
@@ -306,6 +325,9 @@ def main() -> int:
     except SettingError as error:
         return _fail(Paths.read(), str(error))
     paths = env.paths
+    unwritable = _unwritable(paths)
+    if unwritable:
+        return _fail(paths, unwritable)
     paths.failure.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
