@@ -153,6 +153,15 @@ def test_serve_answers_a_builtin_model_byte_for_byte_like_model_npz(
 
 
 CENTRES = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+
+def magic_line(magic: str) -> str:
+    return (
+        f"the array's magic is {magic}, not V1 0xF993FAC8, V2 0xF993FAC9 or V3 0xF993FACA "
+        "(files of MXNet before V1 are not read)"
+    )
+
+
 GOOD = builtin_file(CENTRES)
 MALFORMED = {  # name -> (the file, what the line says after "cannot be served: ")
     "empty": (b"", "it is truncated at the header: 24 bytes needed from offset 0, 0 left"),
@@ -172,18 +181,13 @@ MALFORMED = {  # name -> (the file, what the line says after "cannot be served: 
         builtin_file(CENTRES, count=2),
         "it holds 2 arrays; the built-in's holds one, the centres",
     ),
-    "another magic": (
-        builtin_file(CENTRES, magic=0xF993FACB),
-        "the array's magic is 0xF993FACB, not V1 0xF993FAC8, V2 0xF993FAC9 or V3 0xF993FACA "
-        "(files of MXNet before V1 are not read)",
-    ),
+    "another magic": (builtin_file(CENTRES, magic=0xF993FACB), magic_line("0xF993FACB")),
     "before V1: ndim first, uint32 dims": (
         struct.pack("<QQQIII", 0x112, 0, 1, 2, 3, 4)
         + struct.pack("<iii", 1, 0, 0)
         + CENTRES.tobytes()
         + bytes(8),
-        "the array's magic is 0x00000002, not V1 0xF993FAC8, V2 0xF993FAC9 or V3 0xF993FACA "
-        "(files of MXNet before V1 are not read)",
+        magic_line("0x00000002"),
     ),
     "row_sparse": (
         builtin_file(CENTRES, storage=1),
@@ -222,14 +226,7 @@ MALFORMED = {  # name -> (the file, what the line says after "cannot be served: 
             builtin_file(CENTRES, type_flag=flag),
             f"its type flag is {flag} ({kind}); only 0, float32, is read",
         )
-        for flag, kind in {
-            1: "float64",
-            2: "float16",
-            3: "uint8",
-            4: "int32",
-            5: "int8",
-            6: "int64",
-        }.items()
+        for flag, kind in enumerate(["float64", "float16", "uint8", "int32", "int8", "int64"], 1)
     },
     "truncated values": (
         GOOD[:-9],

@@ -83,8 +83,8 @@ class _Reader:
     def take(self, size: int, what: str) -> memoryview:
         if size > len(self.data) - self.at:
             raise self.refuse(
-                f"it is truncated: {what} needs {size} bytes at offset {self.at}, "
-                f"and the file has {len(self.data) - self.at} more"
+                f"it is truncated at {what}: {size} bytes needed from offset {self.at}, "
+                f"{len(self.data) - self.at} left"
             )
         self.at += size
         return memoryview(self.data)[self.at - size : self.at]
