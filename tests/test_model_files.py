@@ -46,12 +46,19 @@ def trained_job(base: Path, hyperparameters: dict[str, str]) -> Path:
     return base
 
 
+def as_earlier_versions_wrote_it(folder: Path) -> None:
+    """model.joblib and model.json only: no model.npz, no model_algo-1."""
+    for name in ("model.npz", "model_algo-1"):
+        (folder / name).unlink(missing_ok=True)
+
+
 def test_train_writes_arrays_that_numpy_reads_without_pickle(trained: Path) -> None:
     folder = trained / "model"
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
         "model.joblib",
         "model.json",
         "model.npz",
+        "model_algo-1",  # the built-in K-Means's file: tests/test_builtin_model.py
     ]
     with np.load(folder / "model.npz", allow_pickle=False) as arrays:
         assert sorted(arrays.files) == ["centres", "format"]
@@ -96,7 +103,7 @@ def test_model_npz_and_model_joblib_answer_byte_for_byte_alike(
     safe = trained_job(tmp_path / "safe", MODELS[kind])
     earlier = tmp_path / "earlier"
     shutil.copytree(safe / "model", earlier / "model")
-    (earlier / "model" / "model.npz").unlink()
+    as_earlier_versions_wrote_it(earlier / "model")
     servers = [start_server(safe), start_server(earlier)]
     assert f"model loaded from {safe / 'model' / 'model.npz'}" in servers[0].output()
     assert f"model loaded from {earlier / 'model' / 'model.joblib'}" in servers[1].output()
@@ -151,7 +158,7 @@ def one_line(result: subprocess.CompletedProcess) -> str:
 def test_unpickling_can_be_forbidden(trained: Path, tmp_path: Path, start_server) -> None:
     earlier = tmp_path / "earlier"
     shutil.copytree(trained / "model", earlier / "model")
-    (earlier / "model" / "model.npz").unlink()
+    as_earlier_versions_wrote_it(earlier / "model")
     result = run_serve(earlier, SAGE_KMEANS_ALLOW_PICKLE="false")
     assert result.returncode == EXIT_NO_MODEL
     assert one_line(result) == (
@@ -206,18 +213,21 @@ DAMAGED = {  # name -> (what to do to a copy of the trained folder, the file nam
         "model.npz",
     ),
     "random bytes in model.joblib alone": (
-        lambda m: ((m / "model.npz").unlink(), (m / "model.joblib").write_bytes(os.urandom(900))),
+        lambda m: (
+            as_earlier_versions_wrote_it(m),
+            (m / "model.joblib").write_bytes(os.urandom(900)),
+        ),
         "model.joblib",
     ),
     "truncated model.joblib alone": (
         lambda m: (
-            (m / "model.npz").unlink(),
+            as_earlier_versions_wrote_it(m),
             (m / "model.joblib").write_bytes((m / "model.joblib").read_bytes()[:500]),
         ),
         "model.joblib",
     ),
     "model.joblib holding a dict": (
-        lambda m: ((m / "model.npz").unlink(), joblib.dump({"k": 3}, m / "model.joblib")),
+        lambda m: (as_earlier_versions_wrote_it(m), joblib.dump({"k": 3}, m / "model.joblib")),
         "model.joblib",
     ),
 }
@@ -295,20 +305,17 @@ def pages(path: Path) -> int:
 
 @needs_root
 def test_a_full_disk_leaves_no_model_or_all_of_it(tmp_path: Path) -> None:
-    """With room for none, one or two of the three model files, `train` fails with one
-    line naming the file it was writing and leaves the model folder empty."""
+    """With room for none, one, two or three of the four model files, `train` fails with
+    one line naming the file it was writing and leaves the model folder empty."""
     hyperparameters = {"k": "8"}
     roomy = make_job(tmp_path / "roomy", hyperparameters, {"train/blobs.csv": BLOBS_CSV})
     assert run_train(roomy).returncode == 0
-    sizes = {
-        name: pages(roomy / "model" / name) for name in ("model.joblib", "model.json", "model.npz")
+    order = ("model.joblib", "model.npz", "model_algo-1", "model.json")  # the writes' order
+    sizes = {name: pages(roomy / "model" / name) for name in order}
+    room = {  # free pages -> the file that cannot be written
+        sum(sizes[name] for name in order[:index]): name for index, name in enumerate(order)
     }
-    room = {  # free pages -> the file that cannot be written (writes go in this order)
-        0: "model.joblib",
-        sizes["model.joblib"]: "model.npz",
-        sizes["model.joblib"] + sizes["model.npz"]: "model.json",
-        sum(sizes.values()): None,
-    }
+    room[sum(sizes.values())] = None
     for free, failing in room.items():
         base = make_job(tmp_path / f"free-{free}", hyperparameters, {"train/blobs.csv": BLOBS_CSV})
         disk = small_disk(base, free)

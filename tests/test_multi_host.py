@@ -159,13 +159,14 @@ def single_host(root: Path, hyperparameters: dict, files: dict, channels=None) -
 def assert_one_model(job: Job, rows: int, hosts: list[str] | None = None) -> dict:
     logs = job.logs()
     assert all(h.code == 0 for h in job.hosts), logs
-    assert job.leader.model_files() == ["model.joblib", "model.json", "model.npz"], logs
+    metadata = json.loads((job.leader.base / "model" / "model.json").read_text())
+    builtin = [] if metadata["hyperparameters"]["standardize"] else ["model_algo-1"]
+    assert job.leader.model_files() == ["model.joblib", "model.json", "model.npz", *builtin], logs
     for follower in job.hosts[1:]:
         assert follower.model_files() == [], logs
         assert not (follower.base / "output" / "data" / "summary.json").exists()
         assert "#quality_metric" not in follower.log
     summary = job.leader.summary()
-    metadata = json.loads((job.leader.base / "model" / "model.json").read_text())
     expected_hosts = hosts if hosts is not None else [h.name for h in job.hosts]
     assert summary["rows"] == metadata["rows"] == rows
     assert summary["hosts"] == metadata["hosts"] == expected_hosts

@@ -164,7 +164,7 @@ def test_model_trainer_in_local_mode_trains(local_mode: LocalMode, instance_coun
     assert "no command given" in training.log and "so: train" in training.log
     assert "#quality_metric: host=algo-1, train msd <loss>=" in training.log
     model = training.model_files()
-    assert set(model) == {"model.joblib", "model.json", "model.npz"}
+    assert set(model) == {"model.joblib", "model.json", "model.npz", "model_algo-1"}
     assert json.loads(model["model.json"])["k"] == 3
     output = training.output_files()
     assert {"data/centers.csv", "data/summary.json"} <= set(output), sorted(output)
@@ -311,7 +311,12 @@ def test_model_trainer_with_several_instances_trains_one_model_on_every_row(
     assert len(training.containers) == instance_count, training.containers
     assert [c["exit_code"] for c in training.containers] == [0] * instance_count, tail(training.log)
     names = [f"algo-{n}" for n in range(1, instance_count + 1)]
-    assert set(training.model_files()) == {"model.joblib", "model.json", "model.npz"}
+    assert set(training.model_files()) == {
+        "model.joblib",
+        "model.json",
+        "model.npz",
+        "model_algo-1",
+    }
     model_json = json.loads(training.model_files()["model.json"])
     assert model_json["hosts"] == names and model_json["rows"] == len(rows)
     summary = json.loads(training.output_files()["data/summary.json"])

@@ -442,7 +442,7 @@ def test_missing_model_stops_serve_with_one_line(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.startswith("serve:")]
     missing = tmp_path / "model" / "model.npz"
     assert lines == [
-        f"serve: cannot start: model file {missing} (or model.joblib) not found "
+        f"serve: cannot start: model file {missing} (or model_algo-1, model.joblib) not found "
         "(the folder is empty or missing)"
     ]
 
@@ -452,7 +452,8 @@ def test_model_from_another_scikit_learn_version_logs_a_warning(
 ) -> None:
     base = tmp_path / "ml"
     shutil.copytree(trained / "model", base / "model")
-    (base / "model" / "model.npz").unlink()  # scikit-learn's versions matter to model.joblib
+    for name in ("model.npz", "model_algo-1"):  # scikit-learn's versions matter to model.joblib
+        (base / "model" / name).unlink()
     metadata = json.loads((base / "model" / "model.json").read_text())
     metadata["versions"]["scikit-learn"] = "0.24.2"
     (base / "model" / "model.json").write_text(json.dumps(metadata))

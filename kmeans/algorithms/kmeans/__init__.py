@@ -3,8 +3,9 @@
 - full batch: the channel loaded whole, scikit-learn's KMeans (fitting.py);
 - streaming: mini-batch passes over the channel, Pipe mode, checkpoints (streaming.py);
 - several hosts: partial sums over a Dask cluster, reduced by the leader (reduction.py);
-- files: model.npz (numpy alone) and model.joblib (files.py); answers: the closest
-  cluster and the distance to its centre (centres.py).
+- files: model.npz (numpy alone), model_algo-1 (the built-in K-Means's, builtin_model.py)
+  and model.joblib (files.py); answers: the closest cluster and the distance to its
+  centre (centres.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from kmeans.algorithm import Algorithm, Data, DataError, Fitted, Job, Loaded, Metrics, Writer
 from kmeans.algorithms.kmeans import files, fitting
+from kmeans.algorithms.kmeans.centres import Centres
 from kmeans.algorithms.kmeans.hyperparameters import TABLE, Hyperparameters
 
 if TYPE_CHECKING:
@@ -27,6 +29,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("kmeans.train")
 
 TRAIN_METRICS = ("msd", "ssd")
+
+
+def _builtin_model(estimator: Any) -> str:
+    """model.json's "builtin_model": the file written for the built-in K-Means's image,
+    or why none is (said in the log too)."""
+    refusal = files.builtin_refusal(Centres.of(estimator))
+    if refusal is None:
+        return files.BUILTIN_FILE
+    log.info("%s not written: %s", files.BUILTIN_FILE, refusal)
+    return f"not written: {refusal}"
 
 
 def _fitted(estimator: Any, hp: Hyperparameters, result: dict[str, Any]) -> Fitted:
@@ -42,7 +54,7 @@ def _fitted(estimator: Any, hp: Hyperparameters, result: dict[str, Any]) -> Fitt
             f"{result['iterations']} iterations, inertia {ssd:.6g}"
         ),
         summary=result,
-        metadata={"k": hp.k},
+        metadata={"k": hp.k, "builtin_model": _builtin_model(estimator)},
     )
 
 
@@ -151,8 +163,12 @@ class KMeans(Algorithm):
         return files.writers(fitted.model)
 
     def stale_files(self, fitted: Fitted) -> tuple[str, ...]:
-        """An estimator only joblib can hold: no stale model.npz may shadow it."""
-        return () if files.ARRAYS_FILE in self.files(fitted) else (files.ARRAYS_FILE,)
+        """No model.npz or model_algo-1 of an earlier model may shadow this one: those
+        this model has no such file for (standardize, or an estimator only joblib holds)."""
+        written = self.files(fitted)
+        return tuple(
+            name for name in (files.ARRAYS_FILE, files.BUILTIN_FILE) if name not in written
+        )
 
     def outputs(self, fitted: Fitted) -> dict[str, Writer]:
         centres = fitting.kmeans_step(fitted.model).cluster_centers_

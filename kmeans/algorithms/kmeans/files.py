@@ -1,9 +1,13 @@
 """K-Means's model files, written and read:
 - `model.npz`: the centres and the standardisation as plain numpy arrays, no code. This
   is what `serve` loads, with numpy alone, without unpickling anything;
+- `model_algo-1`: the centres as SageMaker's built-in K-Means writes them (builtin_model.py),
+  so its image can host our model and we can serve its models. Written only when the
+  centres alone are the model: with `standardize` the format cannot hold the scaling;
 - `model.joblib`: the scikit-learn estimator, for people who load it with joblib.load.
   A model someone brings may be this file alone (any estimator with `transform`), and
   so are models written before model.npz existed: `load` unpickles it only then.
+`load` reads the first of model.npz, model_algo-1, model.joblib that the folder holds.
 model.json (k, feature count, hyperparameters, versions, metrics) is the container's.
 """
 
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kmeans.algorithm import Loaded, ModelError, Writer
+from kmeans.algorithms.kmeans import builtin_model
 from kmeans.algorithms.kmeans.centres import Assigner, Centres, steps
 from kmeans.model_files import METADATA_FILE, unpickle
 
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
 
 ARRAYS_FILE = "model.npz"
 MODEL_FILE = "model.joblib"
+BUILTIN_FILE = builtin_model.FILE
 ARRAYS_FORMAT = 1  # model.npz's `format` entry; a reader refuses any other
 
 
@@ -48,8 +54,21 @@ def _write_centres(centres: Centres, path: Path) -> None:
         np.savez(file, **arrays)
 
 
+def builtin_refusal(centres: Centres | None) -> str | None:
+    """Why model_algo-1 cannot hold this model (None when it can)."""
+    if centres is None:
+        return "the estimator is not a KMeans whose centres alone are the model"
+    if centres.mean is not None or centres.scale is not None:
+        return (
+            "standardize is on, and the built-in K-Means's format holds centres only, not "
+            "the scaling: the built-in image would measure distances in unscaled space"
+        )
+    return None
+
+
 def writers(estimator: BaseEstimator) -> dict[str, Writer]:
-    """model.joblib, and model.npz when the estimator is one Centres can hold."""
+    """model.joblib; model.npz when the estimator is one Centres can hold, and
+    model_algo-1 when the centres alone are the model."""
     import joblib
 
     files: dict[str, Writer] = {
@@ -58,6 +77,8 @@ def writers(estimator: BaseEstimator) -> dict[str, Writer]:
     centres = Centres.of(estimator)
     if centres is not None:
         files[ARRAYS_FILE] = lambda path: _write_centres(centres, path)
+    if builtin_refusal(centres) is None:
+        files[BUILTIN_FILE] = lambda path: builtin_model.write(centres.centres, path)
     return files
 
 
@@ -66,18 +87,21 @@ def _summary(kind: str, metadata: dict[str, Any]) -> str:
 
 
 def load(folder: Path, metadata: dict[str, Any], notes: list[str], allow_pickle: bool) -> Loaded:
-    """Load and check a model folder: model.npz when it is there, else model.joblib
-    (unless `allow_pickle` is false). Every failure is one line naming the file."""
-    arrays, pickled = folder / ARRAYS_FILE, folder / MODEL_FILE
+    """Load and check a model folder: model.npz when it is there, else model_algo-1,
+    else model.joblib (unless `allow_pickle` is false). Every failure is one line
+    naming the file."""
+    arrays, builtin, pickled = folder / ARRAYS_FILE, folder / BUILTIN_FILE, folder / MODEL_FILE
     if arrays.is_file():
         centres = _read_centres(arrays, metadata)
         return Loaded(
             arrays, "KMeans", _summary("KMeans", metadata), metadata, centres, tuple(notes)
         )
+    if builtin.is_file():
+        return _load_builtin(builtin, metadata, notes)
     if not pickled.is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else ""
         raise ModelError(
-            f"model file {arrays} (or {MODEL_FILE}) not found"
+            f"model file {arrays} (or {BUILTIN_FILE}, {MODEL_FILE}) not found"
             + (f" (the folder holds: {found})" if found else " (the folder is empty or missing)")
         )
     if not allow_pickle:
@@ -119,7 +143,7 @@ def _read_centres(path: Path, metadata: dict[str, Any]) -> Centres:
         raise refuse(f"unknown arrays {sorted(arrays)}")
     if centres is None or centres.ndim != 2 or centres.dtype.kind != "f" or 0 in centres.shape:
         raise refuse("'centres' must be a non-empty 2-D array of floats")
-    k, features = centres.shape
+    features = centres.shape[1]
     for name, value in (("mean", mean), ("scale", scale)):
         if value is not None and (value.shape != (features,) or value.dtype.kind != "f"):
             raise refuse(f"{name!r} must hold {features} floats, one per feature")
@@ -127,6 +151,13 @@ def _read_centres(path: Path, metadata: dict[str, Any]) -> Centres:
         raise refuse("it holds NaN or infinite values")
     if scale is not None and not scale.all():
         raise refuse("'scale' holds zeros")
+    _check_agreement(refuse, centres.shape, metadata)
+    return Centres(*(a if a is None else a.astype(np.float64) for a in (centres, mean, scale)))
+
+
+def _check_agreement(refuse, shape: tuple[int, int], metadata: dict[str, Any]) -> None:
+    """The centres' shape is what model.json (when there is one) says."""
+    k, features = shape
     expected = {"k": k, "feature_dim": features}
     differ = {
         key: metadata[key] for key in expected if key in metadata and metadata[key] != expected[key]
@@ -137,7 +168,27 @@ def _read_centres(path: Path, metadata: dict[str, Any]) -> Centres:
             + ", ".join(f"{key}={value}" for key, value in differ.items())
             + ": the two files come from different trainings"
         )
-    return Centres(*(a if a is None else a.astype(np.float64) for a in (centres, mean, scale)))
+
+
+def _load_builtin(path: Path, metadata: dict[str, Any], notes: list[str]) -> Loaded:
+    """model_algo-1, the built-in K-Means's centres, served as model.npz's would be;
+    its training state (state_<uuid>) is not needed and is said to be ignored."""
+    centres, names = builtin_model.read(path)
+    _check_agreement(
+        lambda why: ModelError(f"model file {path} cannot be served: {why}"),
+        centres.shape,
+        metadata,
+    )
+    for state in sorted(path.parent.glob("state_*")):
+        notes.append(f"{state} ignored: the built-in K-Means's training state, not needed to serve")
+    if names:
+        notes.append(f"{path}: the array's name {names[0]!r} is ignored")
+    k, features = centres.shape
+    metadata = {"k": k, "feature_dim": features, **metadata}
+    summary = f"KMeans (the built-in K-Means's {BUILTIN_FILE}), k={k}"
+    return Loaded(
+        path, "KMeans", summary, metadata, Centres(centres.astype(np.float64)), tuple(notes)
+    )
 
 
 def _load_pickled(path: Path, metadata: dict[str, Any], notes: list[str]) -> Loaded:
