@@ -18,7 +18,8 @@ The contract, in the order `train` and `serve` use it:
 - `fit(hp, data, job)`: the training rows (float32, one row per record), with their
   labels when `labels` is true, -> a `Fitted`: the model, what the metric lines report
   and what summary.json and model.json say. Raise `DataError` (one line) for data the
-  algorithm cannot use.
+  algorithm cannot use. `objectives` names every metric its Metrics report and whether
+  less or more is better (the metric definitions and tuning objectives of algorithm.json).
 - optional capabilities, each a flag the trainer reads before it starts; a job that
   needs one the algorithm lacks is refused in one line, never run half-way:
   `streaming` (`fit_stream`: mini-batch passes, Pipe mode, data larger than memory,
@@ -166,6 +167,8 @@ class Algorithm:
     labels: ClassVar[bool] = False  # fit needs the channel's labels (label_size)
     streaming: ClassVar[bool] = False  # fit_stream is written
     several_hosts: ClassVar[bool] = False  # prepare_hosts, fit_across_hosts, ... are written
+    # metric name -> the tuner's goal for it: every name fit's and evaluate's Metrics report
+    objectives: ClassVar[dict[str, Literal["Minimize", "Maximize"]]] = {}
 
     def streams(self, hp: Settings, channel: Channel) -> bool:
         """Whether this job trains by passes over a stream (Pipe mode always does)."""

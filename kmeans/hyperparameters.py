@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 class HyperparameterError(ValueError):
@@ -36,53 +36,94 @@ def _shown(raw: Any) -> str:
     return repr(raw) if isinstance(raw, str) else repr(json.dumps(raw))
 
 
-def integer(minimum: int) -> Callable[[str, Any], int]:
+@dataclass(frozen=True)
+class Domain:
+    """The values a parser accepts, as SageMaker's CreateAlgorithm describes a
+    hyperparameter (kmeans/algorithm_spec.py): an Integer or Continuous number from
+    `minimum` up, a Categorical one of `values`, or FreeText. `accepts` says it in words,
+    as the parser's error message does."""
+
+    kind: Literal["Integer", "Continuous", "Categorical", "FreeText"]
+    accepts: str
+    minimum: float | None = None
+    values: tuple[str, ...] = ()
+
+    @property
+    def tunable(self) -> bool:
+        return self.kind != "FreeText"  # the tuner searches ranges and categories only
+
+
+@dataclass(frozen=True)
+class Parser:
+    """Reads one hyperparameter's value (`read(name, raw)`), and says what it accepts."""
+
+    read: Callable[[str, Any], Any]
+    domain: Domain
+
+    def __call__(self, name: str, raw: Any) -> Any:
+        return self.read(name, raw)
+
+
+def integer(minimum: int) -> Parser:
+    domain = Domain("Integer", f"an integer ≥ {minimum}", minimum)
+
     def parse(name: str, raw: Any) -> int:
         value = _decode(raw)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise HyperparameterError(f"{name} must be an integer ≥ {minimum}, got {_shown(raw)}")
+            raise HyperparameterError(f"{name} must be {domain.accepts}, got {_shown(raw)}")
         return value
 
-    return parse
+    return Parser(parse, domain)
 
 
-def number(minimum: float) -> Callable[[str, Any], float]:
+def number(minimum: float) -> Parser:
+    domain = Domain("Continuous", f"a number ≥ {minimum:g}", minimum)
+
     def parse(name: str, raw: Any) -> float:
         value = _decode(raw)
         if isinstance(value, bool) or not isinstance(value, int | float):
             value = math.nan
         if not math.isfinite(value) or value < minimum:
-            raise HyperparameterError(f"{name} must be a number ≥ {minimum:g}, got {_shown(raw)}")
+            raise HyperparameterError(f"{name} must be {domain.accepts}, got {_shown(raw)}")
         return float(value)
 
-    return parse
+    return Parser(parse, domain)
 
 
-def choice(options: dict[str, str]) -> Callable[[str, Any], str]:
+def choice(options: dict[str, str]) -> Parser:
     accepted = ", ".join(repr(option) for option in options)
+    domain = Domain("Categorical", f"one of {accepted}", values=tuple(options))
 
     def parse(name: str, raw: Any) -> str:
         value = _decode(raw)
         if not isinstance(value, str) or value.lower() not in options:
-            raise HyperparameterError(f"{name} must be one of {accepted}, got {_shown(raw)}")
+            raise HyperparameterError(f"{name} must be {domain.accepts}, got {_shown(raw)}")
         return options[value.lower()]
 
-    return parse
+    return Parser(parse, domain)
 
 
-def boolean(name: str, raw: Any) -> bool:
+def _boolean(name: str, raw: Any) -> bool:
     value = _decode(raw)
     if isinstance(value, str):
         value = {"true": True, "false": False}.get(value.lower(), value)
     if value in (0, 1) and not isinstance(value, str):
         return bool(value)
-    raise HyperparameterError(f"{name} must be true or false, got {_shown(raw)}")
+    raise HyperparameterError(f"{name} must be {boolean.domain.accepts}, got {_shown(raw)}")
 
 
-def integer_or_auto(minimum: int) -> Callable[[str, Any], int | str]:
+# The values: JSON's spelling (SDK v3's json.dumps) and Python's (SDK v2's str).
+boolean = Parser(
+    _boolean, Domain("Categorical", "true or false", values=("true", "false", "True", "False"))
+)
+
+
+def integer_or_auto(minimum: int) -> Parser:
     whole = integer(minimum)
+    # FreeText: a Categorical's values cannot hold every integer, and "auto" is no Integer.
+    domain = Domain("FreeText", f"'auto' or {whole.domain.accepts}", minimum)
 
     def parse(name: str, raw: Any) -> int | str:
         if str(_decode(raw)).lower() == "auto":
@@ -90,39 +131,51 @@ def integer_or_auto(minimum: int) -> Callable[[str, Any], int | str]:
         try:
             return whole(name, raw)
         except HyperparameterError:
-            message = f"{name} must be 'auto' or an integer ≥ {minimum}, got {_shown(raw)}"
+            message = f"{name} must be {domain.accepts}, got {_shown(raw)}"
             raise HyperparameterError(message) from None
 
-    return parse
+    return Parser(parse, domain)
 
 
-def names(options: tuple[str, ...]) -> Callable[[str, Any], tuple[str, ...]]:
+def names(options: tuple[str, ...]) -> Parser:
     """A list drawn from `options`: JSON, "a,b", Python's str() of a list, or one name."""
+    domain = Domain("FreeText", f"a list drawn from {list(options)} (or one name)")
 
     def parse(name: str, raw: Any) -> tuple[str, ...]:
         value = _decode(raw)
         if isinstance(value, str):
             value = [part.strip(" '\"") for part in value.strip("[]").split(",")]
         if not isinstance(value, list) or not value or not all(v in options for v in value):
-            raise HyperparameterError(
-                f"{name} must be a list drawn from {list(options)} (or one name), got {_shown(raw)}"
-            )
+            raise HyperparameterError(f"{name} must be {domain.accepts}, got {_shown(raw)}")
         return tuple(dict.fromkeys(value))
 
-    return parse
+    return Parser(parse, domain)
 
 
 @dataclass(frozen=True)
 class Spec:
     """One setting: its names (canonical first; the others are aliases that must agree
-    with it), how its value is read and checked, a note logged when it is given, and,
-    for a required setting, what it is (said when it is missing). Its default is its
-    Settings field's."""
+    with it), how its value is read and checked, a note logged when it is given, for a
+    required setting what it is (said when it is missing), and whether the tuner may
+    search it (`tunable`: a Parser of an Integer, Continuous or Categorical domain). Its
+    default is its Settings field's."""
 
     names: tuple[str, ...]
-    parse: Callable[[str, Any], Any]
+    parse: Parser | Callable[[str, Any], Any]
     note: str = ""
     required: str = ""
+    tunable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tunable and not self.domain.tunable:
+            raise TypeError(f"{self.names[0]}: a {self.domain.kind} setting cannot be tunable")
+
+    @property
+    def domain(self) -> Domain:
+        """What the parser accepts (FreeText, said by its errors, for a plain function)."""
+        if isinstance(self.parse, Parser):
+            return self.parse.domain
+        return Domain("FreeText", "what its error message says")
 
 
 @dataclass(frozen=True)
@@ -163,6 +216,20 @@ class Table:
     def known(self) -> dict[str, str]:
         """Every accepted name -> the key of its setting."""
         return {name: key for key, spec in self.specs.items() for name in spec.names}
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The key of every setting that has a default -> that default."""
+        return {
+            f.name: f.default
+            for f in dataclasses.fields(self.settings)
+            if f.name in self.specs and f.default is not dataclasses.MISSING
+        }
+
+    @property
+    def ignored_names(self) -> tuple[str, ...]:
+        """The names accepted and ignored, but for the platform's `sagemaker_*` ones."""
+        return (*_IGNORED, *self.ignored)
 
     def parse(self, raw: Any) -> Settings:
         return parse(raw, self)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,11 +57,11 @@ CRITERIA = {name: name for name in ("gini", "entropy", "log_loss")}
 TABLE = Table(
     Hyperparameters,
     {
-        "max_depth": Spec(("max_depth",), integer(1)),
-        "max_leaf_nodes": Spec(("max_leaf_nodes",), integer(2)),
-        "min_samples_split": Spec(("min_samples_split",), integer(2)),
-        "min_samples_leaf": Spec(("min_samples_leaf",), integer(1)),
-        "criterion": Spec(("criterion",), choice(CRITERIA)),
+        "max_depth": Spec(("max_depth",), integer(1), tunable=True),
+        "max_leaf_nodes": Spec(("max_leaf_nodes",), integer(2), tunable=True),
+        "min_samples_split": Spec(("min_samples_split",), integer(2), tunable=True),
+        "min_samples_leaf": Spec(("min_samples_leaf",), integer(1), tunable=True),
+        "criterion": Spec(("criterion",), choice(CRITERIA), tunable=True),
         "seed": Spec(("random_state", "seed"), integer(0)),
         "feature_dim": Spec(("feature_dim",), integer(1)),
     },
@@ -106,6 +106,7 @@ class DecisionTree(Algorithm):
     name = "decision_tree"
     hyperparameters = TABLE
     labels = True
+    objectives: ClassVar = {"accuracy": "Maximize"}  # the metric fit and evaluate report
 
     def fit(self, hp: Hyperparameters, data: Data, job: Job) -> Fitted:
         from sklearn.tree import DecisionTreeClassifier

@@ -67,6 +67,7 @@ class KMeans(Algorithm):
     hyperparameters = TABLE
     streaming = True
     several_hosts = True
+    objectives = dict.fromkeys(TRAIN_METRICS, "Minimize")  # msd and ssd: less is better
 
     def streams(self, hp: Hyperparameters, channel: Channel) -> bool:
         return hp.mini_batch_size is not None or channel.mode == "Pipe"

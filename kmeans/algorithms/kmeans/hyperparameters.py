@@ -48,17 +48,20 @@ TABLE = Table(
     Hyperparameters,
     {
         "k": Spec(
-            ("k", "n_clusters"), integer(2), required="the number of clusters, an integer ≥ 2"
+            ("k", "n_clusters"),
+            integer(2),
+            required="the number of clusters, an integer ≥ 2",
+            tunable=True,
         ),
         "feature_dim": Spec(("feature_dim",), integer(1)),
-        "init": Spec(("init_method", "init"), choice(_INIT)),
-        "max_iter": Spec(("local_lloyd_max_iter", "max_iter"), integer(1)),
-        "tol": Spec(("local_lloyd_tol", "tol"), number(0.0)),
+        "init": Spec(("init_method", "init"), choice(_INIT), tunable=True),
+        "max_iter": Spec(("local_lloyd_max_iter", "max_iter"), integer(1), tunable=True),
+        "tol": Spec(("local_lloyd_tol", "tol"), number(0.0), tunable=True),
         "n_init": Spec(("local_lloyd_num_trials", "n_init"), integer_or_auto(1)),
         "algorithm": Spec(("algorithm",), choice({"lloyd": "lloyd", "elkan": "elkan"})),
         "seed": Spec(("random_state", "seed"), integer(0)),
-        "mini_batch_size": Spec(("mini_batch_size",), integer(1)),
-        "epochs": Spec(("epochs",), integer(1)),
+        "mini_batch_size": Spec(("mini_batch_size",), integer(1), tunable=True),
+        "epochs": Spec(("epochs",), integer(1), tunable=True),
         "eval_metrics": Spec(("eval_metrics",), names(METRICS)),
         "standardize": Spec(("standardize",), boolean),
         # Accepted so that jobs written for the built-in algorithm run unchanged.
