@@ -5,6 +5,7 @@
 # git bundle. There is no Docker engine in there: `make demo` runs natively and the container
 # tests (the image, SDK local mode, the notebook in local mode) skip, saying why; the notebook
 # against moto must run (SAGE_KMEANS_REQUIRE_NOTEBOOK=1), as it did not on Python 3.11.2 once.
+# MXNet, the second reader of model_algo-1, must install into .venv-mxnet (SAGE_KMEANS_REQUIRE_MXNET=1).
 #   .ci/fresh-machine.sh REPOSITORY   (a URL, a path or a git bundle)
 set -euo pipefail
 [[ $# -eq 1 ]] || { echo "usage: $0 REPOSITORY" >&2; exit 2; }
@@ -30,6 +31,6 @@ step "make demo"
 make demo
 
 step "make test (coverage of kmeans/ measured and reported)"
-SAGE_KMEANS_REQUIRE_NOTEBOOK=1 make test COVERAGE=1
+SAGE_KMEANS_REQUIRE_NOTEBOOK=1 SAGE_KMEANS_REQUIRE_MXNET=1 make test COVERAGE=1
 
 step

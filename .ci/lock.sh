@@ -6,6 +6,7 @@
 #   requirements/dev.in       -> requirements-dev.txt       (.venv: the runtime lock + tools)
 #   requirements/notebook.in  -> requirements-notebook.txt  (.venv-notebook)
 #   requirements/supply.in    -> requirements-supply.txt    (CI's lock, audit and SBOM tools)
+#   requirements/mxnet.in     -> requirements-mxnet.txt     (.venv-mxnet: a test oracle)
 # Usage: .ci/lock.sh            rewrite the locks (pins already in a lock are kept while
 #                               they satisfy its .in file: only what changed moves)
 #        .ci/lock.sh --check    fail, with the diff, when a lock is stale against its .in
@@ -20,7 +21,7 @@ mode=${1:-write}
 case $mode in write | --check | --upgrade) ;; *) echo "usage: $0 [--check|--upgrade]" >&2; exit 2 ;; esac
 command -v "$uv" >/dev/null || { echo "lock.sh: uv not found: pip install --require-hashes -r requirements-supply.txt, or set UV" >&2; exit 1; }
 locks=(runtime:requirements.txt dev:requirements-dev.txt notebook:requirements-notebook.txt
-    supply:requirements-supply.txt)
+    supply:requirements-supply.txt mxnet:requirements-mxnet.txt)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # PyPI only, whatever this machine's pip or uv configuration adds; the system's CA bundle.

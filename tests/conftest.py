@@ -26,12 +26,16 @@ SAMPLE = ROOT / "local_test" / "test_dir"
 IRIS = SAMPLE / "input" / "data" / "train" / "iris.csv"
 NOTEBOOK_REQUIREMENTS = ROOT / "requirements-notebook.txt"
 NOTEBOOK_VENV = ROOT / ".venv-notebook"
-# CI sets these to 1 where the tests they guard run (.ci/run, .ci/multiarch.sh): what would
-# skip (no Docker engine, no SDK venv, no tmpfs to fill, no arm64 image) fails instead.
+MXNET_REQUIREMENTS = ROOT / "requirements-mxnet.txt"
+MXNET_VENV = ROOT / ".venv-mxnet"
+# CI sets these to 1 where the tests they guard run (.ci/run, .ci/multiarch.sh,
+# .ci/fresh-machine.sh): what would skip (no Docker engine, no SDK or MXNet venv, no tmpfs to
+# fill, no arm64 image) fails instead.
 REQUIRE_CONTAINER = "SAGE_KMEANS_REQUIRE_CONTAINER"
 REQUIRE_NOTEBOOK = "SAGE_KMEANS_REQUIRE_NOTEBOOK"
 REQUIRE_TMPFS = "SAGE_KMEANS_REQUIRE_TMPFS"
 REQUIRE_ARM64 = "SAGE_KMEANS_REQUIRE_ARM64"
+REQUIRE_MXNET = "SAGE_KMEANS_REQUIRE_MXNET"
 
 
 def skip_or_fail(message: str, *flags: str) -> None:
@@ -296,17 +300,28 @@ def local_mode_problem() -> str | None:
 
 
 def notebook_python(*flags: str) -> Path:
-    """.venv-notebook's Python with requirements-notebook.txt installed, (re)installed when
-    that file changes. The SDK cannot share .venv: see requirements-notebook.txt. When the
-    install fails: skip, or fail when one of `flags` is 1."""
-    python, stamp = NOTEBOOK_VENV / "bin" / "python", NOTEBOOK_VENV / ".requirements"
-    want = hashlib.sha256(NOTEBOOK_REQUIREMENTS.read_bytes()).hexdigest()
+    """.venv-notebook's Python with requirements-notebook.txt installed. The SDK cannot share
+    .venv: see requirements-notebook.txt."""
+    return venv_python(NOTEBOOK_VENV, NOTEBOOK_REQUIREMENTS, *flags)
+
+
+def mxnet_python(*flags: str) -> Path:
+    """.venv-mxnet's Python with MXNet, the tests' second reader and writer of model_algo-1
+    (requirements/mxnet.in says why it has a venv of its own)."""
+    return venv_python(MXNET_VENV, MXNET_REQUIREMENTS, *flags)
+
+
+def venv_python(venv: Path, requirements: Path, *flags: str) -> Path:
+    """`venv`'s Python with the lock `requirements` installed, (re)installed when that file
+    changes. When the install fails: skip, or fail when one of `flags` is 1."""
+    python, stamp = venv / "bin" / "python", venv / ".requirements"
+    want = hashlib.sha256(requirements.read_bytes()).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == want:
         return python
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    steps = [[sys.executable, "-m", "venv", "--clear", str(NOTEBOOK_VENV)]]
+    steps = [[sys.executable, "-m", "venv", "--clear", str(venv)]]
     steps = steps if not python.exists() else []
-    steps.append([*pip, "--require-hashes", "-r", str(NOTEBOOK_REQUIREMENTS)])
+    steps.append([*pip, "--require-hashes", "-r", str(requirements)])
     for step in steps:
         problem = None
         try:
@@ -317,7 +332,7 @@ def notebook_python(*flags: str) -> Path:
         except subprocess.TimeoutExpired:
             problem = f"`{' '.join(step[:4])}` took over 15 minutes"
         if problem:
-            message = f"cannot install requirements-notebook.txt into .venv-notebook: {problem}"
+            message = f"cannot install {requirements.name} into {venv.name}: {problem}"
             skip_or_fail(message, *flags)
     stamp.write_text(want)
     return python

@@ -8,18 +8,17 @@ The files here are built by `builtin_file` below, from the format as MXNet's sou
 it out (src/ndarray/ndarray.cc NDArray::Save and Load, dmlc-core's serializer.h), written
 with struct.pack independently of kmeans/algorithms/kmeans/builtin_model.py.
 
-Cross-checked once against MXNet itself (mxnet 1.9.1, numpy 1.23, Python 3.11, in a
-throwaway venv): mx.nd.save of float32 arrays of shape 1x1, 3x4 and 1000x1000 wrote the
-very bytes builtin_model.encode writes, and our reader read them (and mx.nd.save's V3
-file, its dict-with-a-name file), refusing its float64, two-array, csr and 1-D files;
-mx.nd.load read our files of 1x1 to 1000x1000 back as the same float32 arrays. The
-last test repeats this wherever SAGE_KMEANS_MXNET_PYTHON names such an interpreter.
+MXNet itself is the second, independent reader and writer: the last test runs mxnet 1.9.1
+in .venv-mxnet (requirements-mxnet.txt, installed on first use; CI requires it with
+SAGE_KMEANS_REQUIRE_MXNET=1). mx.nd.load reads our files of 1x1 to 1000x1000 back as the
+same float32 arrays, and mx.nd.save of the same arrays writes the very bytes
+builtin_model.encode writes. Checked by hand once as well: our reader reads mx.nd.save's V3
+file and its dict-with-a-name file, and refuses its float64, two-array, csr and 1-D files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import IRIS, make_job, run_train
+from conftest import IRIS, REQUIRE_MXNET, make_job, mxnet_python, run_train
 from test_model_files import NGINX, one_line, run_serve, server_post
 from test_serve import request_bodies
 
@@ -400,7 +399,6 @@ def test_multi_model_loads_and_invokes_a_builtin_folder(tmp_path: Path, start_se
 
 # --- MXNet itself, where an interpreter with it is named --------------------------------
 
-MXNET_PYTHON = os.environ.get("SAGE_KMEANS_MXNET_PYTHON")
 MXNET_CHECK = """
 import sys, numpy as np, mxnet as mx
 ours, theirs, expected = sys.argv[1:]
@@ -412,7 +410,6 @@ mx.nd.save(theirs, [mx.nd.array(np.load(expected), dtype="float32")])
 """
 
 
-@pytest.mark.skipif(MXNET_PYTHON is None, reason="SAGE_KMEANS_MXNET_PYTHON names no MXNet")
 @pytest.mark.parametrize("shape", [(1, 1), (3, 4), (1000, 1000)], ids=["1x1", "3x4", "1000x1000"])
 def test_mxnet_reads_our_file_and_we_read_its(shape, tmp_path: Path) -> None:
     from kmeans.algorithms.kmeans import builtin_model
@@ -422,7 +419,7 @@ def test_mxnet_reads_our_file_and_we_read_its(shape, tmp_path: Path) -> None:
     builtin_model.write(centres, tmp_path / "ours")
     arguments = [str(tmp_path / name) for name in ("ours", "theirs", "expected.npy")]
     done = subprocess.run(
-        [MXNET_PYTHON, "-c", MXNET_CHECK, *arguments],
+        [str(mxnet_python(REQUIRE_MXNET)), "-c", MXNET_CHECK, *arguments],
         capture_output=True,
         text=True,
         timeout=300,

@@ -29,7 +29,7 @@ from conftest import SAMPLE, docker, run_train
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCKS = ["requirements.txt", "requirements-dev.txt", "requirements-notebook.txt"]
-LOCKS.append("requirements-supply.txt")
+LOCKS += ["requirements-supply.txt", "requirements-mxnet.txt"]
 # A small pure-Python wheel from the runtime lock: one download, a second or two.
 SMALL_PACKAGE = "sortedcontainers"
 PIN = re.compile(r"^([a-z0-9][a-z0-9._-]*)==(\S+)((?:\s*\\\s*--hash=sha256:[0-9a-f]{64})*)", re.M)
@@ -117,7 +117,12 @@ def test_every_install_of_a_lock_requires_hashes() -> None:
         r"pip install [^\n]*--require-hashes \\\n\s*-r [^\n]*requirements-dev", bootstrap
     )
     conftest = (ROOT / "tests" / "conftest.py").read_text()
-    assert '"--require-hashes", "-r", str(NOTEBOOK_REQUIREMENTS)' in conftest
+    assert '"--require-hashes", "-r", str(requirements)' in conftest  # venv_python
+    for venv, lock in (
+        ("NOTEBOOK_VENV", "NOTEBOOK_REQUIREMENTS"),
+        ("MXNET_VENV", "MXNET_REQUIREMENTS"),
+    ):
+        assert f"return venv_python({venv}, {lock}, *flags)" in conftest
 
 
 def provenance_env(tmp_path: Path) -> tuple[dict[str, str], str]:
