@@ -5,9 +5,9 @@
 #   nginx  the web server in front of `serve` (installed with apt-get when running as root)
 #   curl   what predict.sh sends requests with (likewise)
 #   wrk    the load generator of the benchmarks (likewise)
-#   libgomp  the OpenMP runtime that MXNet, the tests' second reader of model_algo-1, loads
-#          (likewise; Debian's libgomp1)
-# Usage: local_test/bootstrap.sh [venv] [nginx] [curl] [wrk] [libgomp]   (no argument: all five)
+#   mxnet  the C libraries that MXNet, the tests' second reader of model_algo-1, loads beside
+#          its wheel: Debian's libgomp1 and libquadmath0 (likewise)
+# Usage: local_test/bootstrap.sh [venv] [nginx] [curl] [wrk] [mxnet]   (no argument: all five)
 # PYTHON names the interpreter for a new .venv (default python3; 3.11.2 or newer, the oldest
 # tested: Debian 12's).
 set -euo pipefail
@@ -46,7 +46,7 @@ setup_venv() {
     echo "$want" >"$venv/.requirements"
 }
 
-[[ $# -gt 0 ]] || set -- venv nginx curl wrk libgomp
+[[ $# -gt 0 ]] || set -- venv nginx curl wrk mxnet
 missing=()
 for part in "$@"; do
     case $part in
@@ -54,8 +54,12 @@ for part in "$@"; do
         nginx) command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx) ;;
         curl) command -v curl >/dev/null || missing+=(curl) ;;
         wrk) command -v wrk >/dev/null || missing+=(wrk) ;;
-        libgomp) /sbin/ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1 ' || missing+=(libgomp1) ;;
-        *) say "unknown part '$part' (expected venv, nginx, curl, wrk, libgomp)"; exit 2 ;;
+        mxnet)
+            for lib in libgomp.so.1:libgomp1 libquadmath.so.0:libquadmath0; do
+                /sbin/ldconfig -p 2>/dev/null | grep -qF " ${lib%%:*} " || missing+=("${lib#*:}")
+            done
+            ;;
+        *) say "unknown part '$part' (expected venv, nginx, curl, wrk, mxnet)"; exit 2 ;;
     esac
 done
 [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
