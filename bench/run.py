@@ -3,7 +3,7 @@
     python bench/run.py            full run (~30 min), writes bench/RESULTS.md
     python bench/run.py --quick    same code paths, small data, short runs (CI, ~3 min)
     python bench/run.py --only builtin-streaming
-                                   the built-in's streaming settings (~6 min): rewrites its
+                                   the built-in's streaming settings (~9 min): rewrites its
                                    own section of RESULTS.md and keeps the rest
 
 Benchmarks: single-record and ~6 MB requests of 32-feature rows and of 4-feature rows

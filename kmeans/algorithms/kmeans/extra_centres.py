@@ -20,22 +20,24 @@ reduced and training is what it was before these settings took effect.
 
 from __future__ import annotations
 
-import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from kmeans.algorithms.kmeans.hyperparameters import Hyperparameters
 
+AUTO_FACTOR = 2  # extra_center_factor 'auto' (see `factor`)
 AUTO_TRIALS = 10  # local_lloyd_num_trials 'auto' in the reduction: K points are cheap
 
 
 def factor(hp: Hyperparameters) -> int:
-    """extra_center_factor as a number: 'auto' is max(2, ceil(log2 k)) (AWS's pages do
-    not say what the built-in picks; this grows with k as streaming k-means's k log n
-    centres do, and measured no worse than 4 on the bench: bench/RESULTS.md)."""
+    """extra_center_factor as a number. AWS's pages name 'auto' without saying what the
+    built-in picks; here it is AUTO_FACTOR, the factor that did best in the bench (on
+    unequal clusters factor 2 cut the inertia most, 4 less; on even blobs neither changed
+    it: bench/RESULTS.md, "Built-in streaming settings")."""
     if hp.extra_center_factor == "auto":
-        return max(2, math.ceil(math.log2(hp.k)))
+        return AUTO_FACTOR
     return int(hp.extra_center_factor)
 
 
@@ -61,18 +63,26 @@ class Reduced:
     labels: np.ndarray  # K: the reduced centre of each of the K centres
     inertia: float  # weighted, over the K centres
     iterations: int
+    seconds: float
 
     def described(self, before: int) -> str:
         return (
             f"reduced {before} centres to {len(self.centres)} (local Lloyd: "
-            f"{self.iterations} iterations, weighted inertia {self.inertia:.6g})"
+            f"{self.iterations} iterations, weighted inertia {self.inertia:.6g}, "
+            f"{self.seconds:.3f} s)"
         )
+
+    def summary(self, before: int) -> dict:
+        """summary.json's entry for it: centres before and after, and its seconds."""
+        reduced = {"from": before, "to": len(self.centres), "seconds": self.seconds}
+        return {"reduced_centres": reduced}
 
 
 def reduce(hp: Hyperparameters, centres: np.ndarray, weights: np.ndarray) -> Reduced:
     """The local Lloyd step: the K centres, weighted by their counts, clustered into k."""
     from sklearn.cluster import KMeans
 
+    started = time.perf_counter()
     centres, weights = np.asarray(centres, np.float64), np.asarray(weights, np.float64)
     if np.count_nonzero(weights > 0) < hp.k:  # too few reached by any row to seed k
         floor = weights[weights > 0].min() * 1e-6 if np.any(weights > 0) else 1.0
@@ -90,6 +100,7 @@ def reduce(hp: Hyperparameters, centres: np.ndarray, weights: np.ndarray) -> Red
         kmeans.labels_,
         float(kmeans.inertia_),
         int(kmeans.n_iter_),
+        round(time.perf_counter() - started, 4),
     )
 
 

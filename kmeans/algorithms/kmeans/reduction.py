@@ -629,7 +629,7 @@ def fit_mini_batch(
         log.info("%s", reduction.described(moving))
         centres = reduction.centres
         last["ssd"], sizes = tally.scored(reduction)
-        reduced = {"reduced_centres": {"from": moving, "to": hp.k}}
+        reduced = reduction.summary(moving)
     estimator = fitting.assemble(hp, centres, scaler, last["ssd"], hp.epochs)
     return estimator, {
         "rows": last["rows"],

@@ -240,7 +240,7 @@ class Trainer:
         reduced = extra_centres.reduce(hp, kmeans.cluster_centers_, kmeans._counts)
         log.info("%s", reduced.described(self.centres))
         last["ssd"], last["sizes"] = last["tally"].scored(reduced)
-        self.reduced = {"reduced_centres": {"from": self.centres, "to": hp.k}}
+        self.reduced = reduced.summary(self.centres)
         return fitting.assemble(hp, reduced.centres, self.state.scaler, last["ssd"], hp.epochs)
 
     def _epoch(self, channel: channels.Channel, run_pass: int, last_pass: bool) -> None:
