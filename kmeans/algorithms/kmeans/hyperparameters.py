@@ -48,8 +48,8 @@ class Hyperparameters(Settings):
 # The built-in's streaming settings act in mini-batch and Pipe mode (extra_centres.py);
 # full-batch Lloyd runs on the rows themselves and has no K centres to reduce.
 BUILT_IN_ONLY = (
-    "built-in only; no effect here in full-batch training: in mini-batch and Pipe mode it "
-    "starts the local Lloyd step that reduces the extra centres to k"
+    "built-in only; no effect here in full-batch training (in mini-batch and Pipe mode it "
+    "seeds the local Lloyd step that reduces the extra centres to k)"
 )
 MINI_BATCH_ONLY = "takes effect in mini-batch and Pipe mode only; no effect in full-batch training"
 
