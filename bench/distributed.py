@@ -30,7 +30,7 @@ _SUBNET = [200]
 
 def _job(work: Path, source: Path, hosts: int, hyperparameters: dict) -> list[Path]:
     """One /opt/ml tree per host, all holding the same file."""
-    _SUBNET[0] += 1
+    _SUBNET[0] = _SUBNET[0] % 254 + 1  # a fresh 127.N for each job: N stays a valid octet
     names = [f"127.{_SUBNET[0]}.0.{i + 2}" for i in range(hosts)]
     bases = []
     for index, name in enumerate(names):

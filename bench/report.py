@@ -286,7 +286,25 @@ def report(mode: Mode, results: dict, header: list[str], old: str) -> str:
         from bench import distributed  # its own section, kept beside its benchmark
 
         sections += distributed.section(mode, results["distributed"], summary)
+    if "builtin-streaming" in results:
+        from bench import builtin_streaming
+
+        sections += builtin_streaming.section(results["builtin-streaming"], [])
     out = ["# Benchmark results", "", "Written by `bench/run.py` (see its docstring).", ""]
     out += [*header, "", "## Targets", "", *table(["target", "measured"], summary), *sections]
     default = f"{FINDINGS}\n\n## Findings\n\n(none yet)\n"
     return "\n".join(out) + "\n" + (old[old.index(FINDINGS) :] if FINDINGS in old else default)
+
+
+def splice(old: str, section: list[str]) -> str:
+    """`old` with the section of the same "## " heading replaced by `section` (or, if
+    it has none, `section` added before the findings): one benchmark re-run alone."""
+    lines = old.split("\n")
+    heading = section[0]
+    end_marks = [i for i, line in enumerate(lines) if line.startswith("## ") or line == FINDINGS]
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in end_marks if i > start), len(lines))
+    else:
+        start = end = next((i for i in end_marks if lines[i] == FINDINGS), len(lines))
+    return "\n".join([*lines[:start], *section, *lines[end:]])

@@ -2,6 +2,9 @@
 
     python bench/run.py            full run (~30 min), writes bench/RESULTS.md
     python bench/run.py --quick    same code paths, small data, short runs (CI, ~3 min)
+    python bench/run.py --only builtin-streaming
+                                   the built-in's streaming settings (~9 min): rewrites its
+                                   own section of RESULTS.md and keeps the rest
 
 Benchmarks: single-record and ~6 MB requests of 32-feature rows and of 4-feature rows
 (CSV, JSON, JSON Lines; wrk on loopback against `serve`, the stack ceiling and the naive
@@ -34,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import joblib
 import numpy as np
 
-from bench import data, distributed, multi_model, report
+from bench import builtin_streaming, data, distributed, multi_model, report
 from bench.common import (
     BENCH,
     FEATURES,
@@ -323,13 +326,17 @@ def main() -> int:
     )
     step("image", bench_image)
     step("distributed", lambda: distributed.bench(mode, args.work, args.data))
+    step("builtin-streaming", lambda: builtin_streaming.bench(mode, args.work, args.data))
     raw = args.work / f"results-{mode.name}.json"  # every repeat, for a closer look
     raw.write_text(json.dumps(results, indent=1, default=str))
     old = out.read_text() if out.exists() else ""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        report.report(mode, results, report.conditions(mode, started, load_before, code), old)
-    )
+    header = report.conditions(mode, started, load_before, code)
+    if set(results) == {"builtin-streaming"} and old:  # one section: the rest stays as it was
+        section = builtin_streaming.section(results["builtin-streaming"], header)
+        out.write_text(report.splice(old, section))
+    else:
+        out.write_text(report.report(mode, results, header, old))
     print(f"bench: wrote {out}")
     for failure in failures:
         print(f"bench: FAILED: {failure}", file=sys.stderr)

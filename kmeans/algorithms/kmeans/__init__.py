@@ -120,6 +120,7 @@ class KMeans(Algorithm):
             "cluster_sizes": last["sizes"],
             "iterations": hp.epochs,
             "seconds": {"load_and_fit": round(time.perf_counter() - started, 3)},
+            **trainer.reduced,
         }
         return _fitted(estimator, hp, result)
 

@@ -40,9 +40,18 @@ class Hyperparameters(Settings):
     epochs: int = 1
     eval_metrics: tuple[str, ...] = ("msd",)
     standardize: bool = False
+    local_lloyd_init_method: str = "k-means++"
+    extra_center_factor: int | str = 1
+    half_life_time_size: int = 0
 
 
-BUILT_IN_ONLY = "built-in only; no effect here"
+# The built-in's streaming settings act in mini-batch and Pipe mode (extra_centres.py);
+# full-batch Lloyd runs on the rows themselves and has no K centres to reduce.
+BUILT_IN_ONLY = (
+    "built-in only; no effect here in full-batch training (in mini-batch and Pipe mode it "
+    "seeds the local Lloyd step that reduces the extra centres to k)"
+)
+MINI_BATCH_ONLY = "takes effect in mini-batch and Pipe mode only; no effect in full-batch training"
 
 TABLE = Table(
     Hyperparameters,
@@ -64,14 +73,14 @@ TABLE = Table(
         "epochs": Spec(("epochs",), integer(1), tunable=True),
         "eval_metrics": Spec(("eval_metrics",), names(METRICS)),
         "standardize": Spec(("standardize",), boolean),
-        # Accepted so that jobs written for the built-in algorithm run unchanged.
+        # The built-in algorithm's streaming settings (extra_centres.py).
         "local_lloyd_init_method": Spec(
             ("local_lloyd_init_method",), choice(_INIT), note=BUILT_IN_ONLY
         ),
         "extra_center_factor": Spec(
-            ("extra_center_factor",), integer_or_auto(1), note=BUILT_IN_ONLY
+            ("extra_center_factor",), integer_or_auto(1), note=MINI_BATCH_ONLY
         ),
-        "half_life_time_size": Spec(("half_life_time_size",), integer(0), note=BUILT_IN_ONLY),
+        "half_life_time_size": Spec(("half_life_time_size",), integer(0), note=MINI_BATCH_ONLY),
     },
     ignored=("force_dense",),
 )

@@ -13,8 +13,10 @@ host in proportion to its rows, then Lloyd's iterations with scikit-learn's stop
 runs, the best kept. `fit_mini_batch`: every step each host reads its next
 mini_batch_size / hosts rows and the leader moves each centre towards the batch's mean
 by its share of the rows that centre has seen (Sculley's mini-batch k-means); a pass is
-one read of every host's share or FIFO. Both return the fitted estimator and the same
-summary as single-host training.
+one read of every host's share or FIFO. It moves K = k x extra_center_factor centres,
+their counts decayed by half_life_time_size, and reduces them to k at the end, as one
+host does (extra_centres.py). Both return the fitted estimator and the same summary as
+single-host training.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kmeans import channels
-from kmeans.algorithms.kmeans import fitting, streaming
+from kmeans.algorithms.kmeans import extra_centres, fitting, streaming
 from kmeans.algorithms.kmeans.hyperparameters import Hyperparameters
 from kmeans.hosts import Cluster, Hosts
 
@@ -151,11 +153,13 @@ class Partial:
     far_distances: np.ndarray = field(default_factory=lambda: np.empty(0))
     far_rows: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
     far_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    squares: np.ndarray | None = None  # per cluster, the rows' squared norms (extra_centres.Tally)
 
     @property
     def nbytes(self) -> int:
         """The numbers it carries (the wire adds a small, fixed framing)."""
         arrays = (self.sums, self.counts, self.far_distances, self.far_rows, self.far_labels)
+        arrays += (self.squares,)
         return 16 + sum(array.nbytes for array in arrays if array is not None)
 
 
@@ -168,7 +172,12 @@ class Costs:
 
 
 def _partial(
-    rows: np.ndarray, centres: np.ndarray, sums: bool, far: int, previous: np.ndarray | None
+    rows: np.ndarray,
+    centres: np.ndarray,
+    sums: bool,
+    far: int,
+    previous: np.ndarray | None,
+    squares: bool = False,
 ) -> Partial:
     """Assign `rows` to the nearest of `centres`, as scikit-learn does for float32 data:
     |x|² - 2x·c + |c|² in float32, accumulated in float64."""
@@ -177,7 +186,8 @@ def _partial(
     squared = rows @ (-2.0 * centres32.T)
     squared += np.einsum("ij,ij->j", centres32.T, centres32.T)
     labels = squared.argmin(axis=1).astype(np.int32)
-    nearest = squared[np.arange(len(rows)), labels] + np.einsum("ij,ij->i", rows, rows)
+    norms = np.einsum("ij,ij->i", rows, rows)
+    nearest = squared[np.arange(len(rows)), labels] + norms
     np.maximum(nearest, 0, out=nearest)
     changed = 0
     if previous is not None:
@@ -193,6 +203,8 @@ def _partial(
         one_hot = np.zeros((len(rows), k), np.float32)
         one_hot[np.arange(len(rows)), labels] = 1.0
         result.sums = (one_hot.T @ rows).astype(np.float64)
+    if squares:
+        result.squares = np.bincount(labels, weights=norms.astype(np.float64), minlength=k)
     if far:
         far = min(far, len(rows))
         chosen = np.argpartition(nearest, len(rows) - far)[len(rows) - far :]
@@ -205,11 +217,13 @@ def _partial(
 def merge(parts: list[Partial], k: int, far: int = 0) -> Partial:
     """The sum of partials (of blocks, or of hosts), keeping the `far` farthest rows."""
     sums = [p.sums for p in parts if p.sums is not None]
+    squares = [p.squares for p in parts if p.squares is not None]
     merged = Partial(
         sums=np.sum(sums, axis=0) if sums else None,
         counts=sum((p.counts for p in parts), np.zeros(k, np.int64)),
         inertia=float(sum(p.inertia for p in parts)),
         changed=sum(p.changed for p in parts),
+        squares=np.sum(squares, axis=0) if squares else None,
     )
     rows = [p.far_rows for p in parts if len(p.far_distances)]
     if far and rows:
@@ -296,15 +310,20 @@ def seed_rows(count: int) -> np.ndarray:
 
 
 def chunk_step(
-    centres: np.ndarray, count: int, shift: np.ndarray | None, divide: np.ndarray | None
+    centres: np.ndarray,
+    count: int,
+    shift: np.ndarray | None,
+    divide: np.ndarray | None,
+    squares: bool = False,
 ) -> tuple[Partial, int, int | None]:
-    """The next `count` rows of this pass against `centres`: partial sums, rows, width."""
+    """The next `count` rows of this pass against `centres`: partial sums (and with
+    `squares`, each cluster's squared norms), rows, width."""
     rows = _take(count)
     if len(rows) == 0:
         return Partial(None, np.zeros(len(centres), np.int64), 0.0), 0, HERE.features
     if shift is not None:
         rows = (rows - shift.astype(np.float32)) / divide.astype(np.float32)
-    return _partial(rows, centres, True, 0, None), len(rows), rows.shape[1]
+    return _partial(rows, centres, True, 0, None, squares), len(rows), rows.shape[1]
 
 
 # --- leader side -------------------------------------------------------------------------
@@ -357,11 +376,13 @@ def _sample_counts(hosts: Hosts, rows_by_host: list[int], wanted: int) -> dict[s
     return dict(zip(hosts.names, counts, strict=True))
 
 
-def _seed(hp: Hyperparameters, sample: np.ndarray, run: int) -> np.ndarray:
+def _seed(hp: Hyperparameters, sample: np.ndarray, run: int, count: int = 0) -> np.ndarray:
+    """`count` centres (k unless given) picked from `sample` by init_method."""
+    count = count or hp.k
     if hp.init == "k-means++":
-        return kmeans_plusplus(sample, hp.k, hp.seed + run)
+        return kmeans_plusplus(sample, count, hp.seed + run)
     rng = np.random.default_rng([hp.seed, run])
-    return sample[rng.choice(len(sample), hp.k, replace=False)].astype(np.float64)
+    return sample[rng.choice(len(sample), count, replace=False)].astype(np.float64)
 
 
 def kmeans_plusplus(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -519,13 +540,14 @@ def fit_mini_batch(
     started = time.perf_counter()
     batch = hp.mini_batch_size or 5000
     per_host = -(-batch // hosts.count)
-    centres = counts = shift = divide = scaler = None
-    last = {"ssd": 0.0, "rows": 0, "sizes": np.zeros(hp.k, np.int64), "by_host": {}}
+    moving = extra_centres.centre_count(hp)  # K: k, or more to reduce to k at the end
+    centres = counts = shift = divide = scaler = tally = None
+    last = {"ssd": 0.0, "rows": 0, "sizes": np.zeros(moving, np.int64), "by_host": {}}
     features = None
     for epoch in range(hp.epochs):
         cluster.on_every_host(open_pass, channel.name, epoch)
         if centres is None:
-            seed_size = -(-max(batch, 20 * hp.k) // hosts.count)
+            seed_size = -(-max(batch, 20 * moving) // hosts.count)
             seeds = cluster.on_every_host(seed_rows, seed_size)
             widths = {n: s.shape[1] for n, s in zip(hosts.names, seeds, strict=True) if len(s)}
             if len(set(widths.values())) > 1:
@@ -539,6 +561,12 @@ def fit_mini_batch(
                     f"k is {hp.k} but channel {channel.name!r} has only {len(seed_sample)} rows "
                     "on all hosts"
                 )
+            if len(seed_sample) < moving:
+                raise channels.DataError(
+                    f"extra_center_factor {hp.extra_center_factor} asks for {moving} centres "
+                    f"(k x {extra_centres.factor(hp)}) but channel {channel.name!r} has only "
+                    f"{len(seed_sample)} rows on all hosts: lower extra_center_factor or k"
+                )
             features = seed_sample.shape[1]
             if hp.feature_dim is not None and hp.feature_dim != features:
                 raise channels.DataError(
@@ -550,13 +578,16 @@ def fit_mini_batch(
                 divide = _deviation(variance)
                 scaler = fitting.fitted_scaler(shift, variance, divide, len(seed_sample))
                 seed_sample = (seed_sample - shift) / divide
-            centres = _best_seed(hp, seed_sample)
-            counts = np.zeros(hp.k, np.float64)
+            centres = _best_seed(hp, seed_sample, moving)
+            counts = np.zeros(moving, np.float64)
         final_pass = epoch == hp.epochs - 1
+        tallied = final_pass and moving > hp.k
+        if tallied:
+            tally = extra_centres.Tally.empty(moving, features)
         seen, ssd, logged, pass_started = 0, 0.0, time.monotonic(), time.monotonic()
         by_host = dict.fromkeys(hosts.names, 0)
         while True:
-            steps = cluster.on_every_host(chunk_step, centres, per_host, shift, divide)
+            steps = cluster.on_every_host(chunk_step, centres, per_host, shift, divide, tallied)
             for name, (_, taken, width) in zip(hosts.names, steps, strict=True):
                 by_host[name] += taken
                 if taken and width != features:
@@ -564,7 +595,7 @@ def fit_mini_batch(
                         f"host {name}: channel {channel.name!r} has {width} feature columns, "
                         f"the other hosts {features}"
                     )
-            step = merge([partial for partial, _, _ in steps], hp.k)
+            step = merge([partial for partial, _, _ in steps], moving)
             taken = int(step.counts.sum())
             if taken == 0:
                 break
@@ -574,6 +605,9 @@ def fit_mini_batch(
                 last["ssd"] += step.inertia
                 last["rows"] += taken
                 last["sizes"] += step.counts
+            if tallied:
+                tally.add(step.counts, step.sums, step.squares)
+            counts *= extra_centres.decay(taken, hp.half_life_time_size)
             moved = step.counts > 0
             counts[moved] += step.counts[moved]
             centres[moved] += (
@@ -588,12 +622,20 @@ def fit_mini_batch(
         raise channels.DataError(
             f"k is {hp.k} but channel {channel.name!r} has only {last['rows']} rows on all hosts"
         )
+    reduced = {}
+    sizes = last["sizes"].tolist()
+    if moving > hp.k:
+        reduction = extra_centres.reduce(hp, centres, counts)
+        log.info("%s", reduction.described(moving))
+        centres = reduction.centres
+        last["ssd"], sizes = tally.scored(reduction)
+        reduced = reduction.summary(moving)
     estimator = fitting.assemble(hp, centres, scaler, last["ssd"], hp.epochs)
     return estimator, {
         "rows": last["rows"],
         "feature_dim": features,
         "ssd": last["ssd"],
-        "cluster_sizes": last["sizes"].tolist(),
+        "cluster_sizes": sizes,
         "iterations": hp.epochs,
         "hosts": [name for name, rows in last["by_host"].items() if rows],
         "rows_by_host": last["by_host"],
@@ -601,6 +643,7 @@ def fit_mini_batch(
             "cluster": round(cluster.startup_seconds, 3),
             "load_and_fit": round(time.perf_counter() - started, 3),
         },
+        **reduced,
     }
 
 
@@ -611,11 +654,12 @@ def _deviation(variance: np.ndarray) -> np.ndarray:
     return deviation
 
 
-def _best_seed(hp: Hyperparameters, sample: np.ndarray) -> np.ndarray:
-    """The seeding with the lowest inertia on the seed sample, of n_init tries."""
+def _best_seed(hp: Hyperparameters, sample: np.ndarray, count: int) -> np.ndarray:
+    """The seeding of `count` centres with the lowest inertia on the seed sample, of
+    n_init tries."""
     best = None
     for run in range(_runs(hp, auto_random=3)):
-        centres = _seed(hp, sample, run)
+        centres = _seed(hp, sample, run, count)
         inertia = _partial(sample.astype(np.float32), centres, False, 0, None).inertia
         if best is None or inertia < best[0]:
             best = (inertia, centres)

@@ -2,10 +2,13 @@
 
 Each pass (epoch) reads the channel again (File mode) or its next FIFO (Pipe mode) and
 feeds MiniBatchKMeans.partial_fit chunks of `mini_batch_size` rows, so memory is bounded
-by one reader block and one chunk, not by the data. The first chunk holds at least
-20 times k rows: k-means++ (or random) picks the initial centres from it, and with
-`standardize` the scaler is fitted on it. During the last pass each chunk is scored just
-before the model learns from it; those scores are the train metrics.
+by one reader block and one chunk, not by the data. The estimator moves K = k x
+extra_center_factor centres, their counts decayed by half_life_time_size before each
+chunk, and a local Lloyd step reduces them to k at the end (extra_centres.py; with K = k,
+the default, there is nothing to reduce). The first chunk holds at least 20 times K rows:
+k-means++ (or random) picks the initial centres from it, and with `standardize` the
+scaler is fitted on it. During the last pass each chunk is scored just before the model
+learns from it; those scores are the train metrics.
 
 With a checkpoint folder, the estimator and the position (epoch, rows done) are saved
 there at most every `checkpoint_seconds`, at the end of each pass and on SIGTERM, with an
@@ -27,6 +30,7 @@ import numpy as np
 
 from kmeans import channels
 from kmeans.algorithm import Interrupted
+from kmeans.algorithms.kmeans import extra_centres, fitting
 from kmeans.algorithms.kmeans.centres import assign, squared_distance_sum
 from kmeans.algorithms.kmeans.hyperparameters import Hyperparameters
 from kmeans.model_files import write_temporary
@@ -51,10 +55,10 @@ class State:
     feature_dim: int | None = None
     epoch: int = 0
     rows_done: int = 0  # rows of `epoch` the model has learned from
-    kmeans: MiniBatchKMeans | None = None
+    kmeans: MiniBatchKMeans | None = None  # K centres, their decayed counts in `_counts`
     scaler: StandardScaler | None = None
     last_pass: dict[str, Any] = field(
-        default_factory=lambda: {"ssd": 0.0, "rows": 0, "sizes": None}
+        default_factory=lambda: {"ssd": 0.0, "rows": 0, "sizes": None, "tally": None}
     )
 
 
@@ -110,6 +114,8 @@ class Trainer:
         self.hp = hp
         self.settings = settings
         self.chunk_rows = hp.mini_batch_size or DEFAULT_CHUNK_ROWS
+        self.centres = extra_centres.centre_count(hp)  # K
+        self.reduced: dict[str, Any] = {}  # with K > k: what the reduction did, for the summary
         self.state = State(hp.as_dict())
         if settings.checkpoints is not None:
             resumed = load_checkpoint(settings.checkpoints, hp)
@@ -133,10 +139,16 @@ class Trainer:
         from sklearn.preprocessing import StandardScaler
 
         hp = self.hp
+        if self.centres > hp.k and len(sample) < self.centres:
+            raise channels.DataError(
+                f"extra_center_factor {hp.extra_center_factor} asks for {self.centres} centres "
+                f"(k x {extra_centres.factor(hp)}) but the first {len(sample)} rows are all "
+                "there are: lower extra_center_factor or k"
+            )
         if hp.standardize:
             self.state.scaler = StandardScaler().fit(sample)
         self.state.kmeans = MiniBatchKMeans(
-            n_clusters=hp.k,
+            n_clusters=self.centres,
             init=hp.init,
             n_init=hp.n_init,
             batch_size=self.chunk_rows,
@@ -159,12 +171,22 @@ class Trainer:
         labels, nearest = assign(kmeans, chunk)
         ssd = float(nearest @ nearest)
         if last_pass:
-            sizes = state.last_pass["sizes"] or [0] * self.hp.k
-            counts = np.bincount(labels, minlength=self.hp.k)
+            sizes = state.last_pass["sizes"] or [0] * self.centres
+            counts = np.bincount(labels, minlength=self.centres)
             state.last_pass["sizes"] = [a + int(b) for a, b in zip(sizes, counts, strict=True)]
             state.last_pass["ssd"] += ssd
             state.last_pass["rows"] += len(chunk)
+            if self.centres > self.hp.k:
+                if state.last_pass.get("tally") is None:
+                    state.last_pass["tally"] = extra_centres.Tally.empty(
+                        self.centres, chunk.shape[1]
+                    )
+                state.last_pass["tally"].add_rows(labels, chunk)
         if not fresh:
+            # the weights learned so far decay by the rows of this chunk (extra_centres.py)
+            kmeans._counts *= kmeans._counts.dtype.type(
+                extra_centres.decay(len(chunk), self.hp.half_life_time_size)
+            )
             kmeans.partial_fit(chunk)
         state.rows_done += len(chunk)
         return ssd
@@ -192,7 +214,7 @@ class Trainer:
                 break
             last_pass = state.epoch == hp.epochs - 1
             if state.rows_done == 0 and last_pass:
-                state.last_pass = {"ssd": 0.0, "rows": 0, "sizes": None}
+                state.last_pass = {"ssd": 0.0, "rows": 0, "sizes": None, "tally": None}
             self._epoch(channel, run_pass, last_pass)
             state.epoch += 1
             state.rows_done = 0
@@ -205,9 +227,21 @@ class Trainer:
             )
         kmeans = state.kmeans
         kmeans.cluster_centers_ = kmeans.cluster_centers_.astype(np.float64)
+        if self.centres > hp.k:
+            return self._reduce(kmeans)
         if state.scaler is not None:
             return Pipeline([("scale", state.scaler), ("kmeans", kmeans)])
         return kmeans
+
+    def _reduce(self, kmeans: MiniBatchKMeans) -> BaseEstimator:
+        """The local Lloyd step from the K centres to k; the last pass's metrics and
+        cluster sizes become those of the k centres."""
+        hp, last = self.hp, self.state.last_pass
+        reduced = extra_centres.reduce(hp, kmeans.cluster_centers_, kmeans._counts)
+        log.info("%s", reduced.described(self.centres))
+        last["ssd"], last["sizes"] = last["tally"].scored(reduced)
+        self.reduced = reduced.summary(self.centres)
+        return fitting.assemble(hp, reduced.centres, self.state.scaler, last["ssd"], hp.epochs)
 
     def _epoch(self, channel: channels.Channel, run_pass: int, last_pass: bool) -> None:
         state = self.state
@@ -216,7 +250,7 @@ class Trainer:
         seen = 0
         pending: list[np.ndarray] = []
         pending_rows = 0
-        wanted = self.chunk_rows if state.kmeans else max(self.chunk_rows, 20 * self.hp.k)
+        wanted = self.chunk_rows if state.kmeans else max(self.chunk_rows, 20 * self.centres)
 
         measured = [0.0, 0]  # sum of squared distances and rows of the batches fed so far
 
