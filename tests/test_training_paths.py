@@ -274,12 +274,13 @@ def test_force_dense_and_the_tuners_metric_are_ignored(
     assert trained.metadata["given"] == {"k": K}  # not recorded as settings
 
 
-def test_local_lloyd_init_method_is_accepted_with_no_effect(
+def test_local_lloyd_init_method_has_no_effect_in_full_batch(
     tmp_path: Path, default_run: Trained
 ) -> None:
     trained = train(tmp_path, "noted", {"k": K, "local_lloyd_init_method": "random"})
     np.testing.assert_array_equal(trained.centres, default_run.centres)
-    assert "local_lloyd_init_method=random: built-in only; no effect here" in trained.log
+    assert "local_lloyd_init_method=random: seeds the local Lloyd step" in trained.log
+    assert "mode; no effect in full-batch training" in trained.log
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["inputdataconfig", "folder only"])

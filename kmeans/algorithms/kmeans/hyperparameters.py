@@ -47,11 +47,11 @@ class Hyperparameters(Settings):
 
 # The built-in's streaming settings act in mini-batch and Pipe mode (extra_centres.py);
 # full-batch Lloyd runs on the rows themselves and has no K centres to reduce.
-BUILT_IN_ONLY = (
-    "built-in only; no effect here in full-batch training (in mini-batch and Pipe mode it "
-    "seeds the local Lloyd step that reduces the extra centres to k)"
-)
 MINI_BATCH_ONLY = "takes effect in mini-batch and Pipe mode only; no effect in full-batch training"
+SEEDS_REDUCTION = (
+    "seeds the local Lloyd step that reduces the extra centres to k in mini-batch and Pipe "
+    "mode; no effect in full-batch training"
+)
 
 TABLE = Table(
     Hyperparameters,
@@ -75,7 +75,7 @@ TABLE = Table(
         "standardize": Spec(("standardize",), boolean),
         # The built-in algorithm's streaming settings (extra_centres.py).
         "local_lloyd_init_method": Spec(
-            ("local_lloyd_init_method",), choice(_INIT), note=BUILT_IN_ONLY
+            ("local_lloyd_init_method",), choice(_INIT), note=SEEDS_REDUCTION
         ),
         "extra_center_factor": Spec(
             ("extra_center_factor",), integer_or_auto(1), note=MINI_BATCH_ONLY
