@@ -7,8 +7,10 @@ sets, to an empty folder, before any process imports prometheus_client), and a s
 up the files of every process, live or dead, so what a killed worker counted survives it.
 Without that folder (an app built in-process) a scrape shows this process's values.
 
-A request pays for two increments and one histogram observation, made after its answer has
-been sent, on label children cached by their label values.
+A request pays for one increment and one histogram observation (a prediction three
+increments more) on label children cached by its raw header values, made once its answer
+is sent, as its log line is: at one client's pace the other worker takes the next request
+meanwhile.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ BUCKETS = (
 MAX_NAMES = 16  # distinct component (or container) names a worker labels; the rest: "other"
 NAME_LENGTH = 63  # the longest inference component name SageMaker allows
 OTHER = "other"
+CACHED = 4096  # label children a worker keeps by raw header values
 REQUEST_TYPES = frozenset(DECODERS)
 
 COMPONENT_KEY = "HTTP_X_AMZN_SAGEMAKER_INFERENCE_COMPONENT"
@@ -110,32 +113,40 @@ class Metrics:
         self.folder = folder
         self._requests: dict[tuple, tuple] = {}
         self._invocations: dict[tuple, tuple] = {}
-        self._names = {name: _Names() for name in _NAMES}
-
-    def names(self, environ: dict) -> tuple[str, str]:
-        """The inference component and target container a request names ("" if none)."""
-        return (
-            self._names["component"](environ.get(COMPONENT_KEY, "")),
-            self._names["container"](environ.get(CONTAINER_KEY, "")),
-        )
+        self._component, self._container = _Names(), _Names()
 
     def request(self, environ: dict, route: str, status: int, answer_type: str | None) -> None:
-        """One answered request; called once its answer is sent."""
-        accept = (answer_type or "").partition(";")[0]
-        now = time.perf_counter()
-        elapsed = now - environ.get(STARTED_KEY, now)
-        essence = (environ.get("CONTENT_TYPE") or "").partition(";")[0].strip().lower()
-        request_type = essence if not essence or essence in REQUEST_TYPES else OTHER
-        key = (route, status, request_type, accept, *self.names(environ))
-        children = self._requests.get(key)
-        if children is None:
-            counted = REQUESTS.labels(route, str(status), request_type, accept, *key[4:])
-            children = self._requests[key] = (counted, DURATION.labels(route, *key[4:]))
+        """One answered request, once its answer is sent. Its children are cached by the
+        raw header values; labels are worked out only for a new combination."""
+        elapsed = time.perf_counter() - environ[STARTED_KEY]
+        key = (
+            route,
+            status,
+            environ.get("CONTENT_TYPE"),
+            answer_type,
+            environ.get(COMPONENT_KEY),
+            environ.get(CONTAINER_KEY),
+        )
+        children = self._requests.get(key) or self._request_children(key)
         children[0].inc()
         children[1].observe(elapsed)
 
+    def _request_children(self, key: tuple) -> tuple:
+        route, status, content_type, answer_type, component, container = key
+        essence = (content_type or "").partition(";")[0].strip().lower()
+        request_type = essence if not essence or essence in REQUEST_TYPES else OTHER
+        accept = (answer_type or "").partition(";")[0]
+        names = (self._component(component or ""), self._container(container or ""))
+        children = (
+            REQUESTS.labels(route, str(status), request_type, accept, *names),
+            DURATION.labels(route, *names),
+        )
+        if len(self._requests) < CACHED:  # raw header values are the client's: bounded
+            self._requests[key] = children
+        return children
+
     def invocation(self, records: int, size: int, kind: str, answer: int, accept: str) -> None:
-        """One prediction's records and bytes; called once its answer is sent."""
+        """One prediction's records and bytes, once its answer is sent."""
         children = self._invocations.get((kind, accept))
         if children is None:
             children = self._invocations[(kind, accept)] = (

@@ -286,7 +286,8 @@ def create_app(loaded: Loaded | Registry, env: Environment) -> Flask:
 
 
 def _add_metrics(app: Flask, counting: metrics.Metrics, loaded: Loaded | Registry, env) -> None:
-    """GET /metrics, every answer counted once sent, and the model_info series."""
+    """GET /metrics, every answer the app makes counted once it is sent, and the
+    model_info series."""
     app.wsgi_app = metrics.timed(app.wsgi_app)
     if isinstance(loaded, Registry):
         metrics.identify(env.algorithm, "", "multi-model endpoint", env.provenance())
@@ -304,11 +305,12 @@ def _add_metrics(app: Flask, counting: metrics.Metrics, loaded: Loaded | Registr
     @app.after_request
     def counted(response: Response) -> Response:
         rule = request.url_rule
+        route = rule.rule if rule is not None else metrics.OTHER
         response.call_on_close(
             functools.partial(
                 counting.request,
                 request.environ,
-                rule.rule if rule is not None else metrics.OTHER,
+                route,
                 response.status_code,
                 response.content_type,
             )
