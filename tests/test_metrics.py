@@ -450,11 +450,3 @@ def test_metrics_off_answers_404_and_counts_nothing(trained, tmp_path, servers) 
     runtime = list(Path(tempfile.gettempdir()).glob(f"kmeans-serve-{server.port}-*"))
     assert len(runtime) == 1 and (runtime[0] / "gunicorn.sock").exists()
     assert not (runtime[0] / "metrics").exists()
-
-
-def test_a_bad_metrics_setting_stops_serve_in_one_line(trained, tmp_path) -> None:
-    server = Server(trained, tmp_path / "bad.log", SAGE_KMEANS_METRICS="maybe")
-    assert server.process.wait(60) == 2
-    assert server.output().strip() == (
-        "serve: cannot start: SAGE_KMEANS_METRICS must be true or false, got 'maybe'"
-    )
