@@ -285,7 +285,9 @@ def create_app(loaded: Loaded | Registry, env: Environment) -> Flask:
     return app
 
 
-def _add_metrics(app: Flask, counting: metrics.Metrics, loaded: Loaded | Registry, env) -> None:
+def _add_metrics(
+    app: Flask, counting: metrics.Metrics, loaded: Loaded | Registry, env: Environment
+) -> None:
     """GET /metrics, every answer the app makes counted once it is sent, and the
     model_info series."""
     app.wsgi_app = metrics.timed(app.wsgi_app)
