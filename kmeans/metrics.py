@@ -15,6 +15,7 @@ meanwhile.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 
@@ -105,6 +106,41 @@ class _Names:
         return label
 
 
+Add = Callable[[float], None]
+
+
+def _adder(value: object) -> Add:
+    """What adds to one value of a series. In multiprocess mode, the write prometheus_client's
+    own inc makes (the sum into this process's memory-mapped file) without the lock and the
+    fork check it takes on every call, a third of a request's counting: the series on this
+    path are made in the worker that writes them (after the fork) and a sync worker has one
+    thread. prometheus-client is pinned; tests/test_metrics.py counts exactly through this."""
+    if not value._multiprocess:
+        return value.inc
+
+    def add(amount: float) -> None:
+        value._value += amount
+        value._file.write_value(value._key, value._value, 0.0)
+
+    return add
+
+
+def _counter_adder(child: Counter) -> Add:
+    return _adder(child._value)
+
+
+def _observer(child: Histogram) -> Add:
+    """Histogram.observe's two writes (its sum, the first bucket that holds the value)."""
+    bounds, add_sum = child._upper_bounds, _adder(child._sum)
+    buckets = [_adder(bucket) for bucket in child._buckets]
+
+    def observe(amount: float) -> None:
+        add_sum(amount)
+        buckets[bisect.bisect_left(bounds, amount)](1)
+
+    return observe
+
+
 class Metrics:
     """This process's label children, cached by their label values; `folder` is the
     multiprocess folder, or "" for this process's values alone."""
@@ -127,9 +163,9 @@ class Metrics:
             environ.get(COMPONENT_KEY),
             environ.get(CONTAINER_KEY),
         )
-        children = self._requests.get(key) or self._request_children(key)
-        children[0].inc()
-        children[1].observe(elapsed)
+        count, observe = self._requests.get(key) or self._request_children(key)
+        count(1)
+        observe(elapsed)
 
     def _request_children(self, key: tuple) -> tuple:
         route, status, content_type, answer_type, component, container = key
@@ -138,8 +174,8 @@ class Metrics:
         accept = (answer_type or "").partition(";")[0]
         names = (self._component(component or ""), self._container(container or ""))
         children = (
-            REQUESTS.labels(route, str(status), request_type, accept, *names),
-            DURATION.labels(route, *names),
+            _counter_adder(REQUESTS.labels(route, str(status), request_type, accept, *names)),
+            _observer(DURATION.labels(route, *names)),
         )
         if len(self._requests) < CACHED:  # raw header values are the client's: bounded
             self._requests[key] = children
@@ -150,13 +186,13 @@ class Metrics:
         children = self._invocations.get((kind, accept))
         if children is None:
             children = self._invocations[(kind, accept)] = (
-                RECORDS.labels(kind, accept),
-                REQUEST_BYTES.labels(kind),
-                RESPONSE_BYTES.labels(accept),
+                _counter_adder(RECORDS.labels(kind, accept)),
+                _counter_adder(REQUEST_BYTES.labels(kind)),
+                _counter_adder(RESPONSE_BYTES.labels(accept)),
             )
-        children[0].inc(records)
-        children[1].inc(size)
-        children[2].inc(answer)
+        children[0](records)
+        children[1](size)
+        children[2](answer)
 
     def scrape(self, accept: str) -> tuple[bytes, str]:
         """Every process's values, in the format Accept asks for (Prometheus's text

@@ -336,11 +336,11 @@ def test_multi_model_loads_unloads_and_refusals_are_counted(trained, tmp_path, s
         tmp_path,
         "multi",
         SAGEMAKER_MULTI_MODEL="true",
-        SAGE_KMEANS_MODEL_MEMORY_MB="0.125",
+        SAGE_KMEANS_MODEL_MEMORY_MB="0.5",
     )
     servers.append(server)
     samples = scrape(server)
-    assert total(samples, "sagekmeans_model_memory_budget_bytes") == 0.125 * 2**20
+    assert total(samples, "sagekmeans_model_memory_budget_bytes") == 0.5 * 2**20
     assert total(samples, "sagekmeans_models_loaded") == 0
 
     def load(name: str, url: str | None = None, body: object = None) -> int:
@@ -350,8 +350,9 @@ def test_multi_model_loads_unloads_and_refusals_are_counted(trained, tmp_path, s
     loaded = 0
     while (status := load(f"m{loaded}")) == 200:
         loaded += 1
-        assert loaded < 50, "the budget never filled"
+        assert loaded < 200, "the budget never filled"
     assert status == 507
+    assert loaded >= 3  # the first load in a worker also counts what it imports
     refusals = {
         "over_budget": 1,
         "already_loaded": load("m0"),
@@ -368,7 +369,7 @@ def test_multi_model_loads_unloads_and_refusals_are_counted(trained, tmp_path, s
     }
     samples = scrape(server)
     assert total(samples, "sagekmeans_models_loaded") == loaded
-    assert 0 < total(samples, "sagekmeans_model_memory_bytes") <= 0.125 * 2**20
+    assert 0 < total(samples, "sagekmeans_model_memory_bytes") <= 0.5 * 2**20
     assert total(samples, "sagekmeans_model_memory_bytes") == accounted(server)
     assert total(samples, "sagekmeans_model_loads_total") == loaded
     for reason in refusals:
