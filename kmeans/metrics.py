@@ -112,9 +112,10 @@ Add = Callable[[float], None]
 def _adder(value: object) -> Add:
     """What adds to one value of a series. In multiprocess mode, the write prometheus_client's
     own inc makes (the sum into this process's memory-mapped file) without the lock and the
-    fork check it takes on every call, a third of a request's counting: the series on this
-    path are made in the worker that writes them (after the fork) and a sync worker has one
-    thread. prometheus-client is pinned; tests/test_metrics.py counts exactly through this."""
+    fork check it takes on every call, which were two thirds of a request's counting: the
+    series on this path are made in the worker that writes them, after the fork, and a sync
+    worker has one thread. prometheus-client is pinned, and tests/test_metrics.py counts
+    exactly through this."""
     if not value._multiprocess:
         return value.inc
 
