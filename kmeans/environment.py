@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 RUNTIME_DIR_VARIABLE = "SAGE_KMEANS_RUNTIME_DIR"
+# prometheus_client's own variable: set, it keeps each process's metrics in files there.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 EXIT_NO_MODEL = 3  # gunicorn's exit when the model cannot be loaded (it has said why)
 
 
@@ -183,6 +185,8 @@ class Environment:
     runtime_dir: str = ""  # set by `serve` for gunicorn: where its socket and files live
     multi_model: bool = False  # a multi-model endpoint: the /models API, no model at start
     model_memory_mb: float = 0.0  # multi-model: what loaded models may take; 0: half the RAM
+    metrics: bool = True  # GET /metrics, and the counting behind it
+    metrics_dir: str = ""  # set by `serve` for gunicorn: every process's metric files
     # The image's identity (the Dockerfile sets these from its build arguments; a native run
     # has none) and the lock its venv was installed from.
     revision: str = ""
@@ -203,6 +207,7 @@ class Environment:
     @classmethod
     def read(cls, env: dict[str, str] | None = None) -> Environment:
         env = dict(os.environ if env is None else env)
+        metrics = _flag(env, "SAGE_KMEANS_METRICS", True)
         defaults = {field.name: field.default for field in fields(cls)}
         defaults["workers"] = os.cpu_count() or 1
         numbers = {
@@ -218,6 +223,8 @@ class Environment:
             training_job_name=env.get("TRAINING_JOB_NAME", ""),
             runtime_dir=env.get(RUNTIME_DIR_VARIABLE, ""),
             multi_model=_flag(env, "SAGEMAKER_MULTI_MODEL", False),
+            metrics=metrics,
+            metrics_dir=env.get(METRICS_DIR_VARIABLE, "") if metrics else "",
             **numbers,
             **{
                 field: env.get(f"SAGE_KMEANS_{field.upper()}", "").strip()

@@ -6,7 +6,8 @@ past the timeout and forks a fresh one (reliability/REPORT.md measures this agai
 gthread workers). The app is preloaded so the model is loaded once and shared; each
 worker uses one BLAS and OpenMP thread, since workers already fill the cores. A `ready`
 file tells the supervisor a worker is taking requests. nginx refuses malformed requests before
-gunicorn sees them; anything gunicorn still answers itself is JSON, like every error.
+gunicorn sees them; anything gunicorn still answers itself is JSON, like every error. The
+hooks count workers, their timeouts and restarts for /metrics (kmeans/metrics.py).
 """
 
 import gc
@@ -26,6 +27,10 @@ _runtime = Path(_environment.runtime_dir or ".")
 # they reach every worker without threadpoolctl's import and library scan in each.
 for _threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_threads] = "1"
+# serve has set PROMETHEUS_MULTIPROC_DIR (or, metrics off, removed it) before this import.
+_metrics = None
+if _environment.metrics_dir:
+    from kmeans import metrics as _metrics
 
 bind = f"unix:{_runtime / 'gunicorn.sock'}"
 workers = _environment.workers
@@ -71,6 +76,16 @@ def when_ready(server):
     gc.freeze()
 
 
+def post_fork(server, worker):
+    if _metrics is not None:
+        _metrics.WORKERS.set(1)
+
+
+def child_exit(server, worker):
+    if _metrics is not None:
+        _metrics.worker_exited(worker.pid, _environment.metrics_dir)
+
+
 def post_worker_init(worker):
     (_runtime / "ready").touch()
 
@@ -91,4 +106,6 @@ def worker_abort(worker):
         path,
         _environment.timeout,
     )
+    if _metrics is not None:
+        _metrics.WORKER_TIMEOUTS.inc()
     os._exit(1)  # at once: unwinding could wait on the very work that is stuck

@@ -27,6 +27,7 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.routing import PathConverter
 
+from kmeans import metrics
 from kmeans.algorithm import Loaded, ModelError
 from kmeans.registry import AlreadyLoaded, Entry, FolderNotFound, NotLoaded, OverBudget, Registry
 
@@ -95,14 +96,27 @@ def add_routes(
     registry: Registry,
     predict: Callable[[Loaded, float, str], Response],
     error: Callable[[int, str], Response],
+    counting: metrics.Metrics | None = None,
 ) -> None:
-    """The /models routes on `app`; `predict` answers a prediction request with a model."""
+    """The /models routes on `app`; `predict` answers a prediction request with a model;
+    loads, unloads and refused loads are counted when `counting` is given."""
     app.url_map.converters["model"] = _ModelPath
     app.wsgi_app = _routed_on_raw_path(app.wsgi_app)
 
     def refused(status: int, action: str, message: str) -> Response:
         log.info("%s refused (%d): %s", action, status, message)
         return error(status, message)
+
+    def load_refused(status: int, reason: str, message: str) -> Response:
+        if counting is not None:
+            metrics.MODEL_REFUSALS.labels(reason).inc()
+        if status == 507:
+            return error(status, message)  # the registry has logged it
+        return refused(status, "model load", message)
+
+    def changed(event: metrics.Counter) -> None:
+        if counting is not None:
+            metrics.models_changed(*registry.accounted(), event)
 
     @app.post("/models")
     def load() -> Response:
@@ -115,21 +129,23 @@ def add_routes(
         fields = [body.get("model_name"), body.get("url")]
         if not all(isinstance(field, str) and field for field in fields):
             message = f"the body must be {LOAD_BODY}, two non-empty strings"
-            return refused(400, "model load", message)
+            return load_refused(400, "bad_request", message)
         name, url = fields
         if not url.startswith("/"):
             message = f"url must be the model folder's absolute path, got {url!r}"
-            return refused(400, "model load", message)
+            return load_refused(400, "bad_request", message)
         try:
-            return _json(_described(registry.load(name, url)))
+            entry = registry.load(name, url)
         except AlreadyLoaded as problem:
-            return refused(409, "model load", str(problem))
+            return load_refused(409, "already_loaded", str(problem))
         except FolderNotFound as problem:
-            return refused(404, "model load", str(problem))
+            return load_refused(404, "folder_not_found", str(problem))
         except ModelError as problem:
-            return refused(400, "model load", str(problem))
+            return load_refused(400, "unreadable_model", str(problem))
         except OverBudget as problem:
-            return error(507, str(problem))  # the registry has logged it
+            return load_refused(507, "over_budget", str(problem))
+        changed(metrics.MODEL_LOADS)
+        return _json(_described(entry))
 
     @app.get("/models")
     def listed() -> Response:
@@ -159,9 +175,11 @@ def add_routes(
             return refused(400, f"{request.method} model", "the model name is not UTF-8")
         if request.method == "DELETE":
             try:
-                return _json(_described(registry.unload(name)))
+                entry = registry.unload(name)
             except NotLoaded as problem:
                 return refused(404, "model unload", str(problem))
+            changed(metrics.MODEL_UNLOADS)
+            return _json(_described(entry))
         entry = registry.entry(name)
         if entry is None:
             return refused(404, "model description", f"model {name!r} is not loaded")

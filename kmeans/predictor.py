@@ -1,4 +1,4 @@
-"""The Flask app behind gunicorn: /ping, /invocations and /execution-parameters.
+"""The Flask app behind gunicorn: /ping, /invocations, /execution-parameters and /metrics.
 
 Built by create_app() from an already loaded model and the environment snapshot, so
 tests build as many as they like and gunicorn loads the model once, before forking;
@@ -6,7 +6,8 @@ or, for a multi-model endpoint, from the registry, with the /models API in its p
 (kmeans/multi_model.py). Either way one function answers a prediction request.
 Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
 Request bodies are read by read_body(): gzip and deflate bodies are inflated there, never
-past the payload limit, and a request whose client has left is not worked on.
+past the payload limit, and a request whose client has left is not worked on. Every answer
+is counted for /metrics (kmeans/metrics.py) once it is sent, unless SAGE_KMEANS_METRICS=false.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from kmeans import decoders, encoders, multi_model
+from kmeans import decoders, encoders, metrics, multi_model
 from kmeans.algorithm import Loaded
 from kmeans.content_types import CSV, MediaType
 from kmeans.environment import Environment
@@ -57,6 +58,17 @@ def _log_request(
     )
 
 
+def _addressed(environ: dict) -> str:
+    """The inference component and target container a request names, for its log line."""
+    component = environ.get(metrics.COMPONENT_KEY)
+    container = environ.get(metrics.CONTAINER_KEY)
+    if component is None and container is None:
+        return ""
+    return (f" component={component}" if component is not None else "") + (
+        f" container={container}" if container is not None else ""
+    )
+
+
 def invoke(
     loaded: Loaded,
     environ: dict,
@@ -64,10 +76,13 @@ def invoke(
     limit: int,
     started: float,
     note: str = "",
+    counting: metrics.Metrics | None = None,
 ) -> Response:
     """One invocation: the body decoded, predicted and encoded as Accept asks, the custom
-    attributes echoed, and one line logged once the answer is sent (`note` ends it).
-    Plain dict look-ups in the WSGI environ: this path is paid per request."""
+    attributes echoed, and one line logged once the answer is sent (`note` ends it, then
+    the inference component or target container the request names), its records and
+    bytes counted then too. Plain dict look-ups in the WSGI environ: this path is paid
+    per request."""
     media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
     request_type = media.essence
     accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
@@ -85,11 +100,18 @@ def invoke(
     attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
     if attributes is not None:
         response.headers[CUSTOM_ATTRIBUTES] = attributes
+    note += _addressed(environ)
     response.call_on_close(
         functools.partial(
             _log_request, records, len(body), request_type, len(answer), accept, started, note
         )
     )
+    if counting is not None:
+        response.call_on_close(
+            functools.partial(
+                counting.invocation, records, len(body), request_type, len(answer), accept
+            )
+        )
     return response
 
 
@@ -192,6 +214,7 @@ def _json_string(text: str) -> bytes:
 
 def create_app(loaded: Loaded | Registry, env: Environment) -> Flask:
     app = Flask(__name__)
+    counting = metrics.Metrics(env.metrics_dir) if env.metrics else None
     limit = env.max_payload_mb << 20
     app.config["MAX_CONTENT_LENGTH"] = limit
     default_accept = MediaType.parse(env.default_accept).essence if env.default_accept else ""
@@ -211,15 +234,18 @@ def create_app(loaded: Loaded | Registry, env: Environment) -> Flask:
 
     def predict(served: Loaded, started: float, note: str = "") -> Response:
         """A prediction request, for /invocations and /models/<name>/invoke alike."""
-        return invoke(served, request.environ, default_accept, limit, started, note)
+        return invoke(served, request.environ, default_accept, limit, started, note, counting)
 
     if isinstance(loaded, Registry):
-        multi_model.add_routes(app, loaded, predict, _error)
+        multi_model.add_routes(app, loaded, predict, _error, counting)
     else:
 
         @app.post("/invocations")
         def invocations() -> Response:
             return predict(loaded, time.perf_counter())
+
+    if counting is not None:
+        _add_metrics(app, counting, loaded, env)
 
     @app.errorhandler(decoders.DecodeError)
     def bad_body(error: Exception) -> Response:
@@ -257,3 +283,38 @@ def create_app(loaded: Loaded | Registry, env: Environment) -> Flask:
         return _error(500, f"internal error: {type(error).__name__}: {error}")
 
     return app
+
+
+def _add_metrics(
+    app: Flask, counting: metrics.Metrics, loaded: Loaded | Registry, env: Environment
+) -> None:
+    """GET /metrics, every answer the app makes counted once it is sent, and the
+    model_info series."""
+    app.wsgi_app = metrics.timed(app.wsgi_app)
+    if isinstance(loaded, Registry):
+        metrics.identify(env.algorithm, "", "multi-model endpoint", env.provenance())
+        metrics.MODEL_BUDGET.set(loaded.budget)
+        metrics.models_changed(*loaded.accounted())
+    else:
+        algorithm = loaded.metadata.get("algorithm") or env.algorithm
+        metrics.identify(algorithm, str(loaded.source), loaded.summary, env.provenance())
+
+    @app.get("/metrics")
+    def scrape() -> Response:
+        body, media_type = counting.scrape(request.environ.get("HTTP_ACCEPT", ""))
+        return Response(body, 200, content_type=media_type)
+
+    @app.after_request
+    def counted(response: Response) -> Response:
+        rule = request.url_rule
+        route = rule.rule if rule is not None else metrics.OTHER
+        response.call_on_close(
+            functools.partial(
+                counting.request,
+                request.environ,
+                route,
+                response.status_code,
+                response.content_type,
+            )
+        )
+        return response

@@ -195,9 +195,18 @@ class Registry:
         self._write(table)
         _COUNTER.pack_into(self._counter, 0, counter)
 
+    def _used(self, table: dict[str, Entry]) -> int:
+        """The bytes the budget counts for `table`'s models: one copy in every worker."""
+        return sum(entry.size for entry in table.values()) * self.copies
+
     def _usage(self, table: dict[str, Entry]) -> str:
-        used = sum(entry.size for entry in table.values()) * self.copies
+        used = self._used(table)
         return f"{len(table)} models loaded, {_size(used)} of the {_size(self.budget)} budget"
+
+    def accounted(self) -> tuple[int, int]:
+        """How many models are loaded, and the bytes the budget counts for them."""
+        self._sync()
+        return len(self._table), self._used(self._table)
 
     def load(self, name: str, url: str) -> Entry:
         """Load the model folder at `url` under `name`, if it is new and fits."""
@@ -218,7 +227,7 @@ class Registry:
             table = self._read()
             if name in table:
                 raise AlreadyLoaded(f"model {name!r} is already loaded; unload it first")
-            used = sum(entry.size for entry in table.values()) * self.copies
+            used = self._used(table)
             if used + size * self.copies > self.budget:
                 message = (
                     f"model {name!r} needs {_size(size)} in each of {self.copies} workers, "

@@ -1,7 +1,7 @@
 """What `serve` does: start gunicorn, then nginx in front of it, and watch both.
 
-- Runtime files (gunicorn socket, nginx config, pid and temp folders) live in a private
-  folder per server, so several servers can share a machine.
+- Runtime files (gunicorn socket, nginx config, pid and temp folders, the workers' metric
+  files) live in a private folder per server, so several servers can share a machine.
 - nginx starts only once a gunicorn worker is ready, so it never answers 502 at start-up.
 - SIGTERM (or SIGINT): nginx stops accepting and finishes the requests in flight (for at
   most DRAIN_TIMEOUT), then gunicorn stops at once: what its workers still compute has
@@ -27,7 +27,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kmeans.environment import EXIT_NO_MODEL, RUNTIME_DIR_VARIABLE, Environment, SettingError
+from kmeans.environment import (
+    EXIT_NO_MODEL,
+    METRICS_DIR_VARIABLE,
+    RUNTIME_DIR_VARIABLE,
+    Environment,
+    SettingError,
+)
 
 log = logging.getLogger("kmeans.serve")
 
@@ -52,6 +58,18 @@ def _nginx_binary() -> str:
     return found
 
 
+def _routes(env: Environment) -> str:
+    """The routes a 404 names."""
+    if env.multi_model:
+        routes = ["GET /ping", "GET /execution-parameters"]
+        routes.append("the /models API (multi-model endpoint)")
+    else:
+        routes = ["GET /ping", "POST /invocations", "GET /execution-parameters"]
+    if env.metrics:
+        routes.insert(-1 if env.multi_model else len(routes), "GET /metrics")
+    return ", ".join(routes[:-1]) + " and " + routes[-1]
+
+
 def write_nginx_config(env: Environment, runtime: Path) -> Path:
     user = "user nobody nogroup;" if os.geteuid() == 0 else ""
     text = (PACKAGE / "nginx.conf").read_text()
@@ -63,11 +81,8 @@ def write_nginx_config(env: Environment, runtime: Path) -> Path:
         "@MAX_BODY_MB@": str(env.max_payload_mb),
         "@TIMEOUT@": str(env.timeout),
         "@MULTI_MODEL@": "" if env.multi_model else "# ",
-        "@ROUTES@": (
-            "GET /ping, GET /execution-parameters and the /models API (multi-model endpoint)"
-            if env.multi_model
-            else "GET /ping, POST /invocations and GET /execution-parameters"
-        ),
+        "@METRICS@": "" if env.metrics else "# ",
+        "@ROUTES@": _routes(env),
     }.items():
         text = text.replace(name, value)
     path = runtime / "nginx.conf"
@@ -89,6 +104,11 @@ class Supervisor:
         self.runtime.chmod(0o711)  # nginx workers (nobody) reach the socket and temp folders
         self.gunicorn: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
+        self.child_env = {**os.environ, RUNTIME_DIR_VARIABLE: str(self.runtime)}
+        self.child_env.pop(METRICS_DIR_VARIABLE, None)
+        if env.metrics:  # an empty folder, named before any process imports prometheus_client
+            (self.runtime / "metrics").mkdir()
+            self.child_env[METRICS_DIR_VARIABLE] = str(self.runtime / "metrics")
 
     def _stop_requested(self, signum: int, frame: object) -> None:
         log.info("received %s: finishing requests in flight", signal.Signals(signum).name)
@@ -98,7 +118,7 @@ class Supervisor:
         return subprocess.Popen(
             command,
             cwd=PACKAGE.parent,
-            env={**os.environ, RUNTIME_DIR_VARIABLE: str(self.runtime)},
+            env=self.child_env,
             start_new_session=True,  # a terminal's Ctrl-C reaches serve only, not its children
             preexec_fn=_die_with_parent(death_signal),
         )

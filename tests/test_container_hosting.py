@@ -33,10 +33,9 @@ SERVERLESS = ("--read-only", "--tmpfs", "/tmp", "--user", "1000:1000")
 MEMORY = ("--memory", "1g", "--memory-swap", "1g")
 
 
-def _post(url: str, body: bytes) -> bytes:
-    request = urllib.request.Request(
-        f"{url}/invocations", body, {"Content-Type": "text/csv", "Accept": "text/csv"}
-    )
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    headers = {"Content-Type": "text/csv", "Accept": "text/csv", **(headers or {})}
+    request = urllib.request.Request(f"{url}/invocations", body, headers)
     with urllib.request.urlopen(request, timeout=60) as answer:
         assert answer.status == 200
         return answer.read()
@@ -197,9 +196,18 @@ def test_two_containers_share_a_host_on_the_ports_they_are_given(image: str, tra
         rows = np.loadtxt(PAYLOAD, delimiter=",", ndmin=2)
         for name, (url, model) in containers.items():
             _first_ping(url, name, 180)
-            lines = _post(url, PAYLOAD.read_bytes()).decode().splitlines()
+            target = {"X-Amzn-SageMaker-Target-Container-Hostname": name}
+            lines = _post(url, PAYLOAD.read_bytes(), target).decode().splitlines()
             clusters = [int(line.split(",")[0]) for line in lines]
             assert clusters == _closest(model, rows).tolist(), (name, lines)
+        for name, (url, _) in containers.items():  # the log line names the container
+            logged = [
+                line for line in docker("logs", name).stdout.splitlines() if "invocation:" in line
+            ]
+            assert len(logged) == 1 and logged[0].endswith(f" container={name}"), logged
+            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+                scraped = answer.read().decode()
+            assert f'container="{name}"' in scraped
         first, second_answer = (_post(url, PAYLOAD.read_bytes()) for url, _ in containers.values())
         assert first != second_answer  # each port is its own container's model
     finally:

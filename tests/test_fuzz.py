@@ -594,6 +594,8 @@ def server(trained: Path, tmp_path_factory: pytest.TempPathFactory):
     running = Server(trained, tmp_path_factory.mktemp("fuzz") / "serve.log")
     yield running.wait_ready()
     stop_alive(running)
+    fuzzed = {target for target, _ in OUTCOMES if target.startswith("http ")}
+    assert not fuzzed or "http GET /metrics" in fuzzed, fuzzed  # what openapi.yaml lists
 
 
 @SINGLE_MODEL.parametrize()

@@ -156,8 +156,8 @@ def test_another_path_gets_a_404_naming_the_multi_model_routes(server) -> None:
     response = requests.get(server.url + "/predictions", timeout=5)
     assert response.status_code == 404
     assert response.json() == {
-        "error": "not found: this server answers GET /ping, GET /execution-parameters and "
-        "the /models API (multi-model endpoint)"
+        "error": "not found: this server answers GET /ping, GET /execution-parameters, "
+        "GET /metrics and the /models API (multi-model endpoint)"
     }
 
 

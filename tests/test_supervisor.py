@@ -273,7 +273,7 @@ NUMBERS = {  # every number setting and its unit
     "SAGE_KMEANS_CHECKPOINT_SECONDS": "seconds",
     "SAGE_KMEANS_JOIN_TIMEOUT_SECONDS": "seconds",
 }
-FLAGS = ["SAGE_KMEANS_ALLOW_PICKLE", "SAGEMAKER_MULTI_MODEL"]
+FLAGS = ["SAGE_KMEANS_ALLOW_PICKLE", "SAGEMAKER_MULTI_MODEL", "SAGE_KMEANS_METRICS"]
 BAD_SETTINGS = (
     [
         (name, value, f"{name} must be an integer {accepted}, got {value!r}")
