@@ -27,11 +27,20 @@ BENCH = ROOT / "bench"
 FEATURES, K, SEED, SERVE_ROWS, WORKERS, LARGE_LIMIT = 32, 16, 0, 50_000, 2, 6_000_000
 NARROW_FEATURES, NARROW_ROWS = 4, 300_000  # payload.csv's width: the per-row costs show
 PAYLOAD_MB = 10  # the request benchmarks' body limit: narrow JSON of 6 MB of CSV is 9 MB
+NO_METRICS = "ours-no-metrics"
 STACKS = {  # name -> command (ours is the real door; baselines run through our supervisor)
     "ours": [sys.executable, str(ROOT / "kmeans" / "serve")],
     "ceiling": [sys.executable, "-m", "bench.launch", "bench.ceiling_app:app"],
     "naive": [sys.executable, "-m", "bench.launch", "bench.naive_app:app"],
+    # Ours with GET /metrics and its counting turned off: what the metrics cost (requests only).
+    NO_METRICS: [
+        "env",
+        "SAGE_KMEANS_METRICS=false",
+        sys.executable,
+        str(ROOT / "kmeans" / "serve"),
+    ],
 }
+COMPARED = ["ours", "ceiling", "naive"]  # the stacks every benchmark compares
 TRAIN_HP = {
     "k": str(K),
     "init_method": "k-means++",

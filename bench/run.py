@@ -40,16 +40,17 @@ import numpy as np
 from bench import builtin_streaming, data, distributed, multi_model, report
 from bench.common import (
     BENCH,
+    COMPARED,
     FEATURES,
     FULL,
     LARGE_LIMIT,
     NARROW_FEATURES,
     NARROW_ROWS,
+    NO_METRICS,
     PAYLOAD_MB,
     QUICK,
     ROOT,
     SERVE_ROWS,
-    STACKS,
     TRAIN_HP,
     WORKERS,
     K,
@@ -121,8 +122,8 @@ def bench_requests(
     mode: Mode, bases: dict[str, Path], bodies: Path, counts: dict[str, int], logs: Path
 ) -> dict:
     out: dict = {"rows": counts, "agreement": {}}
-    names = list(STACKS)
     for model, base in bases.items():
+        names = [*COMPARED, NO_METRICS] if model == "wide" else COMPARED
         with serving(names, base, logs, WORKERS, PAYLOAD_MB) as servers:
             check = bodies / ("large.csv" if model == "wide" else f"{model}.csv")
             out["agreement"][model] = agreement(servers, check)
@@ -142,7 +143,7 @@ def bench_requests(
                 if case_model != model:
                     continue
                 runs = interleaved(
-                    names,
+                    COMPARED,
                     mode.repeats,
                     lambda s, b=bodies / body, t=content_type: wrk(
                         servers[s].url, b, t, WORKERS, mode.duration
@@ -170,7 +171,7 @@ def bench_startup(mode: Mode, base: Path, body: Path, logs: Path) -> dict:
                 loaded = server.workers_with_model()
                 return {"ready": server.ready, **server.memory(), "with_model": loaded}
 
-        out[workers] = interleaved(list(STACKS), mode.startup_repeats, measure)
+        out[workers] = interleaved(COMPARED, mode.startup_repeats, measure)
     return out
 
 
