@@ -6,7 +6,8 @@ or, for a multi-model endpoint, from the registry, with the /models API in its p
 (kmeans/multi_model.py). Either way one function answers a prediction request.
 Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
 Request bodies are read by read_body(): gzip and deflate bodies are inflated there, never
-past the payload limit, and a request whose client has left is not worked on.
+past the payload limit, and a request whose client has left is not worked on. Large ones
+(kmeans/large_bodies.py) are read, predicted and answered a block at a time instead.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import logging
 import os
 import socket
 import time
-import zlib
+from collections.abc import Iterator
 
 import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from kmeans import decoders, encoders, multi_model
+from kmeans import decoders, encoders, large_bodies, multi_model
 from kmeans.algorithm import Loaded
 from kmeans.content_types import CSV, MediaType
 from kmeans.environment import Environment
@@ -71,7 +72,10 @@ def invoke(
     media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
     request_type = media.essence
     accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
-    body = read_body(environ, limit)
+    opened = large_bodies.open_body(environ, media, limit)
+    if opened is not None and opened.whole is None:
+        return _invoke_streamed(loaded, environ, media, accept, opened, started, note)
+    body = read_body(environ, limit) if opened is None else _unless_gone(environ, opened.whole)
     predictor = loaded.predictor
     one = decoders.one_csv_record(body, media, loaded.feature_dim) if request_type == CSV else None
     if one is not None and hasattr(predictor, "one"):  # most real-time requests: no arrays
@@ -93,42 +97,62 @@ def invoke(
     return response
 
 
-class RequestError(ValueError):
-    """A request refused before its records are read, with its HTTP status."""
+def _invoke_streamed(
+    loaded: Loaded,
+    environ: dict,
+    media: MediaType,
+    accept: str,
+    body: large_bodies.Body,
+    started: float,
+    note: str,
+) -> Response:
+    """invoke() for a large body: the answer streamed (chunked) as its blocks are read.
+    The first block is answered before the status is sent, so most bad bodies still get
+    their 4xx; a bad block after that cuts the answer short of its end (AnswerCut), with
+    one line logged naming what was wrong."""
+    counts = large_bodies.Counts()
+    answers = large_bodies.answers(body, media, loaded.predictor, accept, counts)
+    first = next(answers)
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    def streamed() -> Iterator[bytes]:
+        yield first
+        try:
+            yield from answers
+        except Exception as error:  # the status has gone: all that is left is to cut
+            log.error(
+                "invocation answer cut after %d records (the client sees an incomplete "
+                "transfer): %s: %s",
+                counts.records,
+                type(error).__name__,
+                " ".join(str(error).split()),
+            )
+            raise large_bodies.AnswerCut(str(error)) from None
+
+    response = Response(streamed(), 200, content_type=accept)
+    attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
+    if attributes is not None:
+        response.headers[CUSTOM_ATTRIBUTES] = attributes
+    response.call_on_close(
+        lambda: _log_request(
+            counts.records,
+            body.size,
+            media.essence,
+            counts.answer_bytes,
+            accept,
+            started,
+            note,
+        )
+    )
+    return response
 
 
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+RequestError = large_bodies.RequestError
 
 
 def _inflate(body: bytes, coding: str, limit: int) -> bytes:
     """One Content-Encoding undone, stopping as soon as the output passes `limit`: a
     small body that inflates to gigabytes costs no more than `limit` bytes of work."""
-    parts, size, wbits = [], 0, _WBITS[coding]
-    while body:  # gzip allows several members, one after another
-        inflater = zlib.decompressobj(wbits)
-        try:
-            part = inflater.decompress(body, limit + 1 - size)
-        except zlib.error as error:
-            if coding == "deflate" and wbits > 0 and not parts:
-                wbits = -zlib.MAX_WBITS  # "deflate" sent raw, as some clients do
-                continue
-            raise RequestError(400, f"body is not valid {coding} data: {error}") from None
-        size += len(part)
-        if size > limit or inflater.unconsumed_tail:
-            raise RequestError(
-                413,
-                f"request body too large: it inflates ({coding}) to more than the limit of "
-                f"{limit >> 20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)",
-            )
-        if not inflater.eof:
-            raise RequestError(400, f"body is not valid {coding} data: it ends too soon")
-        parts.append(part)
-        body = inflater.unused_data
-    return b"".join(parts)
+    return b"".join(large_bodies.inflated([body], coding, limit))
 
 
 def _read_raw(environ: dict, limit: int) -> bytes:
@@ -146,23 +170,24 @@ def _read_raw(environ: dict, limit: int) -> bytes:
     return environ["wsgi.input"].read(length)
 
 
-def read_body(environ: dict, limit: int) -> bytes:
-    """The request body, with its Content-Encoding (gzip, deflate, identity) undone."""
-    body = _read_raw(environ, limit)
-    if _client_gone(environ):  # checked once the body is read: only then is EOF visible
+def _unless_gone(environ: dict, body: bytes) -> bytes:
+    """The body read, unless its client has left: checked once the body is read, since
+    only then is EOF visible."""
+    if _client_gone(environ):
         raise RequestError(
             499, "the client closed the connection before a worker was free; not processed"
         )
+    return body
+
+
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body, with its Content-Encoding (gzip, deflate, identity) undone."""
+    body = _unless_gone(environ, _read_raw(environ, limit))
     header = environ.get("HTTP_CONTENT_ENCODING")
     if header is None:
         return body
-    for coding in reversed([c.strip().lower() for c in header.split(",")]):
-        if coding in _WBITS:
-            body = _inflate(body, coding, limit)
-        elif coding not in ("identity", ""):
-            raise RequestError(
-                415, f"Content-Encoding {coding!r} is not supported; use gzip, deflate or identity"
-            )
+    for coding in large_bodies.codings(header):
+        body = _inflate(body, coding, limit)
     return body
 
 
