@@ -1,5 +1,5 @@
 """Large request bodies in bounded memory: read, inflated, decoded, predicted and encoded a
-block at a time, the answer made as the body arrives.
+block at a time as the body arrives, the answer spooled to a temporary file and sent from it.
 
 A body of a format that can be cut at record boundaries (CSV, JSON Lines, RecordIO-protobuf)
 is streamed when it is larger than STREAM_ABOVE, has no Content-Length (chunked) or is
@@ -10,13 +10,19 @@ and encoder as a whole body would; the encoders' joins() put the blocks' answers
 into the very bytes one answer to the whole body would be. JSON (one document), NPY and CSV
 in a charset other than UTF-8 or ASCII are read whole, as before, bounded by the limit.
 
+The answer goes out only once the whole body is read: nginx stops passing a request body on
+as soon as its upstream starts answering (measured, with request buffering on and off), so
+an answer sent while the body still arrives would leave the worker waiting for the rest of
+it. Spooled, the answer keeps the worker's memory bounded, gets a Content-Length, and a bad
+record anywhere in the body is answered with its 4xx, as in a small body.
+
 A compressed or chunked body that turns out to be no larger than STREAM_ABOVE is handed back
 whole, and answered as any small body is. No Flask here: kmeans/predictor.py wires this in.
 """
 
 from __future__ import annotations
 
-import errno
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -38,15 +44,6 @@ class RequestError(ValueError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-class AnswerCut(BrokenPipeError):
-    """Raised into gunicorn when a streamed answer cannot be finished: gunicorn closes the
-    connection quietly on a broken pipe, before the chunked answer's terminating chunk,
-    so nginx and the client see an incomplete transfer, never a short answer as whole."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EPIPE, message)
 
 
 def too_large(limit: int) -> RequestError:
@@ -238,6 +235,22 @@ class Counts:
 
     records: int = 0
     answer_bytes: int = 0
+
+
+def spooled_answer(
+    body: Body, media: MediaType, predictor: Predictor, accept: str, counts: Counts
+) -> tempfile.SpooledTemporaryFile:
+    """The whole answer to a streamed body, in a temporary file (in memory up to BLOCK
+    bytes), read from its start; the caller closes it."""
+    spool = tempfile.SpooledTemporaryFile(max_size=BLOCK)  # noqa: SIM115 (the response closes it)
+    try:
+        for part in answers(body, media, predictor, accept, counts):
+            spool.write(part)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
 
 
 def answers(

@@ -7,7 +7,7 @@ or, for a multi-model endpoint, from the registry, with the /models API in its p
 Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
 Request bodies are read by read_body(): gzip and deflate bodies are inflated there, never
 past the payload limit, and a request whose client has left is not worked on. Large ones
-(kmeans/large_bodies.py) are read, predicted and answered a block at a time instead.
+(kmeans/large_bodies.py) are read, predicted and encoded a block at a time instead.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import orjson
 from flask import Flask, Response, request
@@ -106,34 +105,19 @@ def _invoke_streamed(
     started: float,
     note: str,
 ) -> Response:
-    """invoke() for a large body: the answer streamed (chunked) as its blocks are read.
-    The first block is answered before the status is sent, so most bad bodies still get
-    their 4xx; a bad block after that cuts the answer short of its end (AnswerCut), with
-    one line logged naming what was wrong."""
+    """invoke() for a large body, read and answered a block at a time; the answer, spooled
+    until the body's end, is sent from its file with its Content-Length."""
     counts = large_bodies.Counts()
-    answers = large_bodies.answers(body, media, loaded.predictor, accept, counts)
-    first = next(answers)
-
-    def streamed() -> Iterator[bytes]:
-        yield first
-        try:
-            yield from answers
-        except Exception as error:  # the status has gone: all that is left is to cut
-            log.error(
-                "invocation answer cut after %d records (the client sees an incomplete "
-                "transfer): %s: %s",
-                counts.records,
-                type(error).__name__,
-                " ".join(str(error).split()),
-            )
-            raise large_bodies.AnswerCut(str(error)) from None
-
-    response = Response(streamed(), 200, content_type=accept)
+    spool = large_bodies.spooled_answer(body, media, loaded.predictor, accept, counts)
+    response = Response(iter(lambda: spool.read(large_bodies.BLOCK), b""), 200, content_type=accept)
+    response.headers["Content-Length"] = str(counts.answer_bytes)
     attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
     if attributes is not None:
         response.headers[CUSTOM_ATTRIBUTES] = attributes
+    response.call_on_close(spool.close)
     response.call_on_close(
-        lambda: _log_request(
+        functools.partial(
+            _log_request,
             counts.records,
             body.size,
             media.essence,
