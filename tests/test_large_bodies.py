@@ -33,6 +33,7 @@ from large_bodies import (
     post_streamed,
     reset_peak,
 )
+from test_reliability import LONG
 from test_serve import model_says
 from threads import Threads
 
@@ -42,10 +43,6 @@ from kmeans.content_types import MediaType
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None,
     reason="nginx is not installed (the README's test command installs it)",
-)
-LONG = pytest.mark.skipif(
-    os.environ.get("SAGE_KMEANS_RELIABILITY") != "1",
-    reason="takes minutes: runs in `make reliability` (SAGE_KMEANS_RELIABILITY=1)",
 )
 ASYNC = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "900"}
 WORKER_PEAK_MB = 300
@@ -139,35 +136,23 @@ def bad_body(bad_row: int) -> Iterator[bytes]:
     return chunks()
 
 
-def test_a_bad_record_in_the_first_block_gets_400(server) -> None:
-    chunks = bad_body(bad_row=5)
-    response = requests.post(
-        server.url + "/invocations",
-        data=b"".join(chunks),
-        headers={"Content-Type": CSV},
-        timeout=120,
-    )
-    assert response.status_code == 400
-    assert response.json() == {"error": "row 5, column 3: 'abc!' is not a number"}
-
-
-def test_a_bad_record_late_in_the_body_gets_400_and_one_log_line(server) -> None:
-    """Row 700,001 is in the body's fourth block: its 400 names it, and the invocation
-    is logged as refused."""
-    chunks = bad_body(bad_row=700_001)
+@pytest.mark.parametrize("bad_row", [5, 700_001])  # in the first block, in the fourth
+def test_a_bad_record_anywhere_gets_400_and_one_log_line(server, bad_row) -> None:
+    """Its 400 names the record by its number in the whole body, and the invocation is
+    logged as refused."""
     before = server.output()
     response = requests.post(
         server.url + "/invocations",
-        data=b"".join(chunks),
+        data=b"".join(bad_body(bad_row)),
         headers={"Content-Type": CSV},
         timeout=120,
     )
     assert response.status_code == 400
-    assert response.json() == {"error": "row 700001, column 3: 'abc!' is not a number"}
+    assert response.json() == {"error": f"row {bad_row}, column 3: 'abc!' is not a number"}
     time.sleep(0.2)
     log = server.output()[len(before) :]
     refused = [line for line in log.splitlines() if "invocation refused (400)" in line]
-    assert len(refused) == 1 and "row 700001" in refused[0], log[-2000:]
+    assert len(refused) == 1 and f"row {bad_row}," in refused[0], log[-2000:]
 
 
 def test_a_gzip_body_that_inflates_past_the_limit_gets_413(trained, start_server) -> None:
