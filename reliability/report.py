@@ -230,7 +230,15 @@ def large_bodies_section(found: dict) -> list[str]:
         ]
         for figure in found.get("large body", [])
     ]
-    return out + table(["body", "MB", "worker peak MB", "seconds"], rows)
+    out += table(["body", "MB", "worker peak MB", "seconds"], rows)
+    together = _one(found, "large bodies at once")
+    if together:
+        peaks = " and ".join(f"{peak} MB" for peak in together["worker_peaks_mb"])
+        out += [
+            f"Two 1 GB bodies at once on 2 workers: both answered; workers peaked at {peaks}.",
+            "",
+        ]
+    return out
 
 
 def fuzz_section(found: dict) -> list[str]:

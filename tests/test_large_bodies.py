@@ -263,7 +263,10 @@ def test_1_gb_and_100_mb_peak_the_worker_alike(fresh_server, content_type) -> No
 
 @LONG
 def test_two_1_gb_bodies_at_once_on_2_workers(fresh_server) -> None:
-    bodies = [Body(CSV, 500, seed=1), Body(JSONLINES, 300, seed=2)]
+    workers = fresh_server.pids()["workers"]
+    for pid in workers:
+        reset_peak(pid)
+    bodies = [Body(CSV, 500, seed=1), Body(JSONLINES, 290, seed=2)]
     threads = Threads()
     for body in bodies:
         threads.start(
@@ -273,3 +276,6 @@ def test_two_1_gb_bodies_at_once_on_2_workers(fresh_server) -> None:
             )
         )
     threads.join(timeout=1200)
+    peaks = [peak_mb(pid) for pid in workers]
+    record("large bodies at once", worker_peaks_mb=[round(peak) for peak in peaks])
+    assert max(peaks) <= WORKER_PEAK_MB, peaks
