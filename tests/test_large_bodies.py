@@ -97,8 +97,8 @@ def test_a_200_mb_body_streams_in_bounded_memory(server, content_type, coding) -
 @pytest.mark.parametrize("accept", ACCEPTS)
 @pytest.mark.parametrize("content_type", [CSV, JSONLINES, RECORDIO])
 def test_every_format_pair_answers_as_small_requests_do(server, content_type, accept) -> None:
-    """A body of several blocks (over 12 MB) answered byte for byte as its pieces are."""
-    body = Body(content_type, {CSV: 7, JSONLINES: 4, RECORDIO: 4}[content_type])
+    """A body of several blocks (over 20 MB) answered byte for byte as its pieces are."""
+    body = Body(content_type, {CSV: 11, JSONLINES: 6, RECORDIO: 6}[content_type])
     assert body.size() > large_bodies.STREAM_ABOVE + large_bodies.BLOCK
     response = post_streamed(server.port, body, accept)
     assert response.getheader("Content-Type") == accept
@@ -119,8 +119,8 @@ def test_the_oracle_agrees_with_the_model(server, trained) -> None:
 
 
 def bad_body(bad_row: int) -> Iterator[bytes]:
-    """A large CSV body (16 MB) whose row `bad_row` holds a word, piece by piece."""
-    body = Body(CSV, 8)
+    """A large CSV body (24 MB) whose row `bad_row` holds a word, piece by piece."""
+    body = Body(CSV, 12)
     whole_rows = 100_000
 
     def chunks() -> Iterator[bytes]:
@@ -156,13 +156,13 @@ def test_a_bad_record_anywhere_gets_400_and_one_log_line(server, bad_row) -> Non
 
 
 def test_a_gzip_body_that_inflates_past_the_limit_gets_413(trained, start_server) -> None:
-    """Inflated a block at a time, the body is refused once past the limit (here 20 MB)."""
-    server = start_server(trained, SAGEMAKER_MAX_PAYLOAD_IN_MB="20")
-    body = Body(CSV, 11)  # 22 MB inflated, about 8 MB gzip'd
+    """Inflated a block at a time, the body is refused once past the limit (here 30 MB)."""
+    server = start_server(trained, SAGEMAKER_MAX_PAYLOAD_IN_MB="30")
+    body = Body(CSV, 16)  # 32 MB inflated, about 12 MB gzip'd
     response = post_streamed(server.port, body, CSV, coding="gzip")
     assert response.status == 413
     assert json.loads(response.read()) == {
-        "error": "request body too large: it inflates (gzip) to more than the limit of 20 MB "
+        "error": "request body too large: it inflates (gzip) to more than the limit of 30 MB "
         "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
     }
 
