@@ -263,7 +263,11 @@ def test_1_gb_and_100_mb_peak_the_worker_alike(fresh_server, content_type) -> No
 
 @LONG
 def test_two_1_gb_bodies_at_once_on_2_workers(fresh_server) -> None:
+    deadline = time.monotonic() + 30  # ready once one worker is: wait for the second
+    while len(fresh_server.pids()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     workers = fresh_server.pids()["workers"]
+    assert len(workers) == 2, workers
     for pid in workers:
         reset_peak(pid)
     bodies = [Body(CSV, 500, seed=1), Body(JSONLINES, 290, seed=2)]
