@@ -18,7 +18,7 @@ import functools
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -62,8 +62,9 @@ def _number(cell: Any, where: str) -> float:
 # --- text/csv ------------------------------------------------------------------------
 
 
-def _csv_lines(body: bytes, media: MediaType) -> tuple[bytes, int]:
-    """The body as UTF-8 without BOM or declared header, and its first data line number."""
+def _csv_lines(body: bytes, media: MediaType, first: int) -> tuple[bytes, int]:
+    """The body as UTF-8 without BOM or declared header, and its first data line number
+    (the body's own first line is line `first`)."""
     charset = media.params.get("charset", "utf-8")
     if charset not in _PLAIN_CHARSETS:
         try:
@@ -73,8 +74,8 @@ def _csv_lines(body: bytes, media: MediaType) -> tuple[bytes, int]:
     body = body.removeprefix(b"\xef\xbb\xbf")
     if media.params.get("header") == "present":
         _, _, body = body.partition(b"\n")
-        return body, 2
-    return body, 1
+        return body, first + 1
+    return body, first
 
 
 def _label_size(media: MediaType) -> int:
@@ -177,8 +178,8 @@ def _plain(params: dict[str, str]) -> bool:
     return params.keys() == {"charset"} and params["charset"] in _PLAIN_CHARSETS
 
 
-def decode_csv(body: bytes, media: MediaType, features: int) -> np.ndarray:
-    body, first_line = _csv_lines(body, media)
+def decode_csv(body: bytes, media: MediaType, features: int, first: int = 1) -> np.ndarray:
+    body, first_line = _csv_lines(body, media, first)
     labels = _label_size(media)
     fast = _csv_fast if len(body) >= _SMALL_BODY else _csv_small
     rows = fast(body, labels, features)
@@ -326,7 +327,7 @@ def _records(document: Any) -> tuple[list[Any], str]:
     )
 
 
-def decode_json(body: bytes, media: MediaType, features: int) -> np.ndarray:
+def decode_json(body: bytes, media: MediaType, features: int, first: int = 1) -> np.ndarray:
     if len(body) >= _SMALL_BODY:
         rows = _json_fast(body, features)
         if rows is not None:
@@ -340,13 +341,13 @@ def decode_json(body: bytes, media: MediaType, features: int) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(len(rows), features)
 
 
-def decode_jsonlines(body: bytes, media: MediaType, features: int) -> np.ndarray:
+def decode_jsonlines(body: bytes, media: MediaType, features: int, first: int = 1) -> np.ndarray:
     if len(body) >= _SMALL_BODY:
         rows = _json_fast(body, features, lines=True)
         if rows is not None:
             return rows
     rows = []
-    for number, line in enumerate(body.split(b"\n"), 1):
+    for number, line in enumerate(body.split(b"\n"), first):
         if not line.strip():
             continue
         try:
@@ -360,7 +361,7 @@ def decode_jsonlines(body: bytes, media: MediaType, features: int) -> np.ndarray
 # --- application/x-npy ---------------------------------------------------------------
 
 
-def decode_npy(body: bytes, media: MediaType, features: int) -> np.ndarray:
+def decode_npy(body: bytes, media: MediaType, features: int, first: int = 1) -> np.ndarray:
     if body.startswith(b"PK"):  # np.load would open a zip as an .npz archive
         raise DecodeError("body is an .npz archive, expected one .npy array")
     try:
@@ -381,15 +382,18 @@ def decode_npy(body: bytes, media: MediaType, features: int) -> np.ndarray:
 # --- application/x-recordio-protobuf -------------------------------------------------
 
 
-def decode_recordio(body: bytes, media: MediaType, features: int) -> np.ndarray:
+def decode_recordio(body: bytes, media: MediaType, features: int, first: int = 1) -> np.ndarray:
     try:
-        payloads, _ = recordio.frames(body)
-        return recordio.rows(payloads, features)
+        payloads, _ = recordio.frames(body, first=first)
+        return recordio.rows(payloads, features, first)
     except recordio.RecordIOError as error:
         raise DecodeError(f"body is not RecordIO-protobuf: {error}") from None
 
 
-DECODERS: dict[str, Callable[[bytes, MediaType, int], np.ndarray]] = {
+# Each takes the body, its media type, the model's feature count and the number its messages
+# give the body's first line (CSV, JSON Lines) or record (RecordIO): 1 but for a block of a
+# streamed body (kmeans/large_bodies.py).
+DECODERS: dict[str, Callable[[bytes, MediaType, int, int], np.ndarray]] = {
     CSV: decode_csv,
     JSON: decode_json,
     JSONLINES: decode_jsonlines,
@@ -401,22 +405,43 @@ DECODERS: dict[str, Callable[[bytes, MediaType, int], np.ndarray]] = {
 def decode(body: bytes, content_type: str | MediaType, features: int) -> np.ndarray:
     """Rows of features from a request body; raises DecodeError or UnsupportedMediaType."""
     media = content_type if isinstance(content_type, MediaType) else MediaType.parse(content_type)
+    if not body.strip():
+        _decoder(media)
+        refuse_empty(blank=True)
+    rows = decode_block(body, media, features)
+    if len(rows) == 0:
+        refuse_empty(blank=False)
+    return rows
+
+
+def _decoder(media: MediaType) -> Callable[[bytes, MediaType, int, int], np.ndarray]:
     decoder = DECODERS.get(media.essence)
     if decoder is None:
         raise UnsupportedMediaType(
             f"Content-Type {media.text!r} is not supported; use one of {', '.join(DECODERS)}"
         )
-    if not body.strip():
+    return decoder
+
+
+def refuse_empty(blank: bool) -> NoReturn:
+    """The error for a body with no records: nothing but white space, or no record."""
+    if blank:
         raise DecodeError("empty request body: send one or more records")
-    rows = decoder(body, media, features)
-    if len(rows) == 0:
-        raise DecodeError("the body holds no records")
+    raise DecodeError("the body holds no records")
+
+
+def decode_block(
+    body: bytes, media: MediaType, features: int, line: int = 1, row: int = 1
+) -> np.ndarray:
+    """decode() for a block of a body whose first line (or record) is number `line` and
+    first record number `row`, for messages; a block may hold no records."""
+    rows = _decoder(media)(body, media, features, line)
     finite = np.isfinite(rows)
     if not finite.all():
-        row, column = np.argwhere(~finite)[0]
+        bad, column = np.argwhere(~finite)[0]
         count = int((~finite).any(axis=1).sum())
         raise DecodeError(
-            f"{count} rows hold NaN or infinite values; first at row {row + 1}, "
-            f"column {column + 1}: {rows[row, column]}"
+            f"{count} rows hold NaN or infinite values; first at row {bad + row}, "
+            f"column {column + 1}: {rows[bad, column]}"
         )
     return rows

@@ -229,6 +229,16 @@ _ECHOED = (JSON, JSONLINES, CSV)  # request types answered in kind when Accept s
 _TEXT = (CSV, JSON, JSONLINES)
 
 
+def joins(accept: str, columns: Columns) -> tuple[bytes, bytes, bytes]:
+    """How the answers to consecutive blocks of one body make the answer to the whole:
+    its head, the bytes between two blocks' rows, its tail. A block's rows are its
+    ENCODERS[accept] answer without the head and tail."""
+    if accept not in _TEXT:  # RecordIO: records one after another
+        return b"", b"", b""
+    layout = _layout(accept, columns)
+    return layout.head, layout.end[-1:], layout.tail
+
+
 def _one_float(value: object) -> bytes:
     if value >= _FLOAT32_INFINITY:  # type: ignore[operator]
         return b"null"

@@ -6,8 +6,10 @@ or, for a multi-model endpoint, from the registry, with the /models API in its p
 (kmeans/multi_model.py). Either way one function answers a prediction request.
 Every error is JSON {"error": "<one line>"} with its status, never an HTML page.
 Request bodies are read by read_body(): gzip and deflate bodies are inflated there, never
-past the payload limit, and a request whose client has left is not worked on. Every answer
-is counted for /metrics (kmeans/metrics.py) once it is sent, unless SAGE_KMEANS_METRICS=false.
+past the payload limit, and a request whose client has left is not worked on. Large ones
+(kmeans/large_bodies.py) are read, predicted and encoded a block at a time instead. Every
+answer is counted for /metrics (kmeans/metrics.py) once it is sent, unless
+SAGE_KMEANS_METRICS=false.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import logging
 import os
 import socket
 import time
-import zlib
 
 import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from kmeans import decoders, encoders, metrics, multi_model
+from kmeans import decoders, encoders, large_bodies, metrics, multi_model
 from kmeans.algorithm import Loaded
 from kmeans.content_types import CSV, MediaType
 from kmeans.environment import Environment
@@ -86,7 +87,10 @@ def invoke(
     media = MediaType.parse(environ.get("CONTENT_TYPE") or CSV)
     request_type = media.essence
     accept = encoders.choose(environ.get("HTTP_ACCEPT", ""), request_type, default_accept)
-    body = read_body(environ, limit)
+    opened = large_bodies.open_body(environ, media, limit)
+    if opened is not None and opened.whole is None:
+        return _invoke_streamed(loaded, environ, media, accept, opened, started, note, counting)
+    body = read_body(environ, limit) if opened is None else _unless_gone(environ, opened.whole)
     predictor = loaded.predictor
     one = decoders.one_csv_record(body, media, loaded.feature_dim) if request_type == CSV else None
     if one is not None and hasattr(predictor, "one"):  # most real-time requests: no arrays
@@ -97,60 +101,58 @@ def invoke(
         records = len(rows)
         answer = encoders.ENCODERS[accept](predictor.columns, predictor(rows))
     response = Response(answer, 200, content_type=accept)
+    sizes = (records, len(body), request_type, len(answer), accept)
+    return _answered(response, environ, sizes, started, note, counting)
+
+
+def _answered(
+    response: Response,
+    environ: dict,
+    sizes: tuple[int, int, str, int, str],
+    started: float,
+    note: str,
+    counting: metrics.Metrics | None,
+) -> Response:
+    """The answer with the custom attributes echoed, and its log line and counts (`sizes`:
+    records, body bytes and type, answer bytes and type) made once it is sent."""
     attributes = environ.get(CUSTOM_ATTRIBUTES_KEY)
     if attributes is not None:
         response.headers[CUSTOM_ATTRIBUTES] = attributes
     note += _addressed(environ)
-    response.call_on_close(
-        functools.partial(
-            _log_request, records, len(body), request_type, len(answer), accept, started, note
-        )
-    )
+    response.call_on_close(functools.partial(_log_request, *sizes, started, note))
     if counting is not None:
-        response.call_on_close(
-            functools.partial(
-                counting.invocation, records, len(body), request_type, len(answer), accept
-            )
-        )
+        response.call_on_close(functools.partial(counting.invocation, *sizes))
     return response
 
 
-class RequestError(ValueError):
-    """A request refused before its records are read, with its HTTP status."""
+def _invoke_streamed(
+    loaded: Loaded,
+    environ: dict,
+    media: MediaType,
+    accept: str,
+    body: large_bodies.Body,
+    started: float,
+    note: str,
+    counting: metrics.Metrics | None,
+) -> Response:
+    """invoke() for a large body, read and answered a block at a time; the answer, spooled
+    until the body's end, is sent from its file with its Content-Length."""
+    counts = large_bodies.Counts()
+    spool = large_bodies.spooled_answer(body, media, loaded.predictor, accept, counts)
+    response = Response(iter(lambda: spool.read(large_bodies.BLOCK), b""), 200, content_type=accept)
+    response.headers["Content-Length"] = str(counts.answer_bytes)
+    response.call_on_close(spool.close)
+    sizes = (counts.records, body.size, media.essence, counts.answer_bytes, accept)
+    return _answered(response, environ, sizes, started, note, counting)
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
-
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+RequestError = large_bodies.RequestError
 
 
 def _inflate(body: bytes, coding: str, limit: int) -> bytes:
     """One Content-Encoding undone, stopping as soon as the output passes `limit`: a
     small body that inflates to gigabytes costs no more than `limit` bytes of work."""
-    parts, size, wbits = [], 0, _WBITS[coding]
-    while body:  # gzip allows several members, one after another
-        inflater = zlib.decompressobj(wbits)
-        try:
-            part = inflater.decompress(body, limit + 1 - size)
-        except zlib.error as error:
-            if coding == "deflate" and wbits > 0 and not parts:
-                wbits = -zlib.MAX_WBITS  # "deflate" sent raw, as some clients do
-                continue
-            raise RequestError(400, f"body is not valid {coding} data: {error}") from None
-        size += len(part)
-        if size > limit or inflater.unconsumed_tail:
-            raise RequestError(
-                413,
-                f"request body too large: it inflates ({coding}) to more than the limit of "
-                f"{limit >> 20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)",
-            )
-        if not inflater.eof:
-            raise RequestError(400, f"body is not valid {coding} data: it ends too soon")
-        parts.append(part)
-        body = inflater.unused_data
-    return b"".join(parts)
+    return b"".join(large_bodies.inflated([body], coding, limit))
 
 
 def _read_raw(environ: dict, limit: int) -> bytes:
@@ -168,23 +170,24 @@ def _read_raw(environ: dict, limit: int) -> bytes:
     return environ["wsgi.input"].read(length)
 
 
-def read_body(environ: dict, limit: int) -> bytes:
-    """The request body, with its Content-Encoding (gzip, deflate, identity) undone."""
-    body = _read_raw(environ, limit)
-    if _client_gone(environ):  # checked once the body is read: only then is EOF visible
+def _unless_gone(environ: dict, body: bytes) -> bytes:
+    """The body read, unless its client has left: checked once the body is read, since
+    only then is EOF visible."""
+    if _client_gone(environ):
         raise RequestError(
             499, "the client closed the connection before a worker was free; not processed"
         )
+    return body
+
+
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body, with its Content-Encoding (gzip, deflate, identity) undone."""
+    body = _unless_gone(environ, _read_raw(environ, limit))
     header = environ.get("HTTP_CONTENT_ENCODING")
     if header is None:
         return body
-    for coding in reversed([c.strip().lower() for c in header.split(",")]):
-        if coding in _WBITS:
-            body = _inflate(body, coding, limit)
-        elif coding not in ("identity", ""):
-            raise RequestError(
-                415, f"Content-Encoding {coding!r} is not supported; use gzip, deflate or identity"
-            )
+    for coding in large_bodies.codings(header):
+        body = _inflate(body, coding, limit)
     return body
 
 

@@ -54,6 +54,25 @@ def frames(
     return payloads, record_start
 
 
+def whole_records(data: bytes | memoryview) -> tuple[int, int]:
+    """How many bytes of `data` are whole records, and how many records they are: where a
+    body may be cut without reading the records. From a wrong magic on, all of `data` is
+    given, for frames() to name the record."""
+    view = memoryview(data)
+    offset = record_end = records = 0
+    while offset + 8 <= len(view):
+        magic, header = _HEADER.unpack_from(view, offset)
+        length = header & ((1 << 29) - 1)
+        if magic != MAGIC:
+            return len(view), records
+        if offset + 8 + length > len(view):
+            break
+        offset += 8 + length + (-length % 4)
+        if header >> 29 in (0, 3):
+            record_end, records = offset, records + 1
+    return record_end, records
+
+
 def _varint(buffer: bytes, offset: int) -> tuple[int, int]:
     value = shift = 0
     while True:

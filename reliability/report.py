@@ -211,6 +211,36 @@ def faults_section(found: dict) -> list[str]:
     return out + table(["fault", "outcome"], rows)
 
 
+def large_bodies_section(found: dict) -> list[str]:
+    """tests/test_large_bodies.py: each large body's worker peak, with the async settings."""
+    out = [
+        "## 7. Large bodies",
+        "",
+        "Asynchronous inference's settings (SAGEMAKER_MAX_PAYLOAD_IN_MB=1024, "
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT=900), 4-feature rows, a CSV answer checked byte for "
+        "byte against small requests of the same rows (their time is in the seconds).",
+        "",
+    ]
+    rows = [
+        [
+            figure["content_type"] + (f" ({figure['coding']})" if figure.get("coding") else ""),
+            figure["mb"],
+            figure["worker_peak_mb"],
+            figure["seconds"],
+        ]
+        for figure in found.get("large body", [])
+    ]
+    out += table(["body", "MB", "worker peak MB", "seconds"], rows)
+    together = _one(found, "large bodies at once")
+    if together:
+        peaks = " and ".join(f"{peak} MB" for peak in together["worker_peaks_mb"])
+        out += [
+            f"Two 1 GB bodies at once on 2 workers: both answered; workers peaked at {peaks}.",
+            "",
+        ]
+    return out
+
+
 def fuzz_section(found: dict) -> list[str]:
     out = ["## 5. Fuzzing", ""]
     counts: dict[str, dict[str, int]] = defaultdict(dict)
@@ -289,7 +319,8 @@ def render(
         *conditions,
         f"- Soak {args.soak_seconds} s; {args.fuzz_examples} hypothesis examples per property.",
         "",
-        "pytest (tests/test_reliability.py, test_model_files.py, test_fuzz.py, long tests on):",
+        "pytest (tests/test_reliability.py, test_model_files.py, test_fuzz.py, "
+        "test_large_bodies.py, long tests on):",
         "",
         "```",
         summary,
@@ -298,5 +329,6 @@ def render(
     ]
     out += errors_section(found) + timeouts_section(found, options) + model_section(found)
     out += faults_section(found) + fuzz_section(found) + soak_section(found)
+    out += large_bodies_section(found)
     default = f"{FINDINGS}\n\n## Findings\n\n(none yet)\n"
     return "\n".join(out) + "\n" + (old[old.index(FINDINGS) :] if FINDINGS in old else default)

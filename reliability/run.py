@@ -2,10 +2,11 @@
 
     python reliability/run.py      ~25 min; writes reliability/REPORT.md
 
-1. pytest on tests/test_reliability.py, tests/test_model_files.py and tests/test_fuzz.py
-   with the long tests on (SAGE_KMEANS_RELIABILITY=1: the soak, --soak-seconds, and the
-   slow-client timeouts), --fuzz-examples random examples per property (`make test` runs
-   150 fixed ones), and every figure the tests measure recorded (tests/figures.py);
+1. pytest on tests/test_reliability.py, tests/test_model_files.py, tests/test_fuzz.py and
+   tests/test_large_bodies.py with the long tests on (SAGE_KMEANS_RELIABILITY=1: the soak,
+   --soak-seconds, the slow-client timeouts and the 1 GB bodies), --fuzz-examples random
+   examples per property (`make test` runs 150 fixed ones), and every figure the tests
+   measure recorded (tests/figures.py);
 2. reliability/workers.py: sync against gthread gunicorn workers, side by side;
 3. the report: the conditions, each figure, and the hand-written findings kept from the
    previous report (below the FINDINGS marker). Exits non-zero if a test failed.
@@ -29,7 +30,12 @@ from bench.common import FULL, ROOT
 from reliability import report, workers
 
 HERE = ROOT / "reliability"
-SUITE = ["tests/test_reliability.py", "tests/test_model_files.py", "tests/test_fuzz.py"]
+SUITE = [
+    "tests/test_reliability.py",
+    "tests/test_model_files.py",
+    "tests/test_fuzz.py",
+    "tests/test_large_bodies.py",
+]
 
 
 def run_suite(work: Path, soak_seconds: int, fuzz_examples: int) -> tuple[int, str, list[dict]]:
