@@ -33,6 +33,7 @@ from large_bodies import (
     post_streamed,
     reset_peak,
 )
+from test_metrics import scrape, total
 from test_reliability import LONG
 from test_serve import model_says
 from threads import Threads
@@ -103,6 +104,28 @@ def test_every_format_pair_answers_as_small_requests_do(server, content_type, ac
     response = post_streamed(server.port, body, accept)
     assert response.getheader("Content-Type") == accept
     assert check_answer(response, expected_answer(server.url, body, accept)) > 0
+
+
+def test_a_streamed_body_is_counted_for_metrics(server) -> None:
+    """/metrics counts a streamed body's records and bytes as it does a small body's."""
+    body = Body(CSV, 11)
+    expected = list(expected_answer(server.url, body, "text/csv"))  # counted before `before`
+    time.sleep(0.2)  # counted once the answer is sent
+    before = scrape(server)
+    response = post_streamed(server.port, body, "text/csv")
+    answer_bytes = int(response.getheader("Content-Length"))
+    assert check_answer(response, iter(expected)) == answer_bytes
+    time.sleep(0.2)
+    after = scrape(server)
+    moved = [
+        total(after, name, **labels) - total(before, name, **labels)
+        for name, labels in (
+            ("sagekmeans_records_total", {"content_type": CSV, "accept": CSV}),
+            ("sagekmeans_request_bytes_total", {"content_type": CSV}),
+            ("sagekmeans_response_bytes_total", {"accept": CSV}),
+        )
+    ]
+    assert moved == [body.pieces * 100_000, body.size(), answer_bytes]
 
 
 def test_the_oracle_agrees_with_the_model(server, trained) -> None:
