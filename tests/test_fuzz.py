@@ -23,6 +23,7 @@ import shutil
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 from urllib.parse import quote
 
 import numpy as np
@@ -39,7 +40,7 @@ from hypothesis.extra import numpy as hnp
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from kmeans import decoders, encoders, model_folder, predictor
+from kmeans import decoders, encoders, large_bodies, model_folder, predictor
 from kmeans.content_types import ALIASES, RECORDIO, MediaType, parse_accept
 from kmeans.environment import Environment
 
@@ -552,6 +553,43 @@ def test_the_app_answers_anything_with_a_result_or_a_4xx(
     error = json.loads(response.data)["error"]
     assert error and "\n" not in error
     OUTCOMES["app", str(response.status_code)] += 1
+
+
+STREAMED_BODIES = (
+    "text/csv",
+    "application/jsonlines",
+    "application/x-recordio-protobuf",
+)
+
+
+@FUZZ
+@given(
+    request=requests_of(width=4),
+    accept=st.one_of(st.none(), ACCEPTS),
+    coding=st.sampled_from(["", "gzip", "deflate"]),
+)
+def test_the_block_reader_answers_anything_as_the_whole_body_reader_does(
+    client, request, accept, coding
+) -> None:
+    """Every body through the large-body path, cut into blocks of 64 bytes, gets what the
+    whole-body path gives it: the same answer, byte for byte, or the same error status."""
+    content_type, body, _ = request
+    headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
+    if coding:
+        headers["Content-Encoding"] = coding
+        body = CODINGS[coding](body)
+    whole = client.post("/invocations", data=body, headers=headers)
+    with mock.patch.multiple(large_bodies, STREAM_ABOVE=0, BLOCK=64):
+        blocks = client.post("/invocations", data=body, headers=headers)
+    assert blocks.status_code == whole.status_code, (whole.data[:300], blocks.data[:300])
+    essence = content_type.partition(";")[0].strip().lower()
+    if whole.status_code == 200:
+        assert blocks.data == whole.data
+        assert blocks.content_type == whole.content_type
+        OUTCOMES["blocks", "streamed" if essence in STREAMED_BODIES else "whole"] += 1
+    else:
+        assert blocks.content_type == "application/json"
+        assert "\n" not in json.loads(blocks.data)["error"]
 
 
 # --- HTTP: schemathesis against openapi.yaml on the running servers --------------------------
